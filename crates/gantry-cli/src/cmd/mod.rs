@@ -1,1 +1,4 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
+
+pub mod discovery_args;
+pub mod gpus;
