@@ -35,6 +35,8 @@ enum LogFormat {
 enum Command {
     /// List the node's GPUs, MIG devices and topology.
     Gpus(cmd::gpus::Args),
+    /// Run a vector add on every GPU, check it against the CPU and report memory bandwidth.
+    Validate(cmd::validate::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -84,6 +86,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
+        Command::Validate(args) => {
+            if !cmd::validate::run(&args, &mut out)? {
+                eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,3 +2,4 @@
 
 pub mod discovery_args;
 pub mod gpus;
+pub mod validate;
