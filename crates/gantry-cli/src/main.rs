@@ -37,6 +37,8 @@ enum Command {
     Gpus(cmd::gpus::Args),
     /// Run a vector add on every GPU, check it against the CPU and report memory bandwidth.
     Validate(cmd::validate::Args),
+    /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
+    DevicePlugin(cmd::device_plugin::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -77,7 +79,10 @@ fn main() -> ExitCode {
 impl Command {
     /// One-shot commands keep stderr quiet; long-running daemons log their progress.
     fn default_log_level(&self) -> &'static str {
-        "warn"
+        match self {
+            Command::DevicePlugin(_) => "info",
+            _ => "warn",
+        }
     }
 }
 
@@ -86,6 +91,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
+        Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
         Command::Validate(args) => {
             if !cmd::validate::run(&args, &mut out)? {
                 eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");

@@ -175,7 +175,9 @@ impl Shared {
         }
         core.senders.retain(|name, _| names.contains(name));
         if names != old {
-            tracing::info!(resources = ?names, "resource set changed: re-serving");
+            if !old.is_empty() {
+                tracing::info!(resources = ?names, "resource set changed: re-serving");
+            }
             self.reserve.notify_one();
         }
     }
