@@ -26,7 +26,10 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
+    Simulate(cmd::simulate::Args),
+}
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,5 +56,7 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Simulate(args) => cmd::simulate::run(&args),
+    }
 }

@@ -12,7 +12,7 @@ pub use cluster::{
 };
 pub use policy::{evaluate, fits_except_memory, Evaluation, Policy};
 pub use rng::Rng;
-pub use scheduler::{Placement, Scheduler};
+pub use scheduler::{Placement, Scheduler, TieBreak};
 pub use workload::{Fragmentation, Shape, TargetWorkload};
 
 /// Errors of the placement engine.

@@ -15,6 +15,8 @@ const MAX_SPEC_CPU: f64 = 128_000.0;
 const MAX_SPEC_GPU: f64 = 8_000.0;
 const MAX_SPEC_GPU_INT: i64 = 8_000;
 const MAX_SCORE: i64 = 100;
+/// Weight of CPU-stranded GPU against FGD's fragmentation in `frag-cpu` (fixed before evaluation).
+const STRANDED_WEIGHT: f64 = 1.0;
 
 /// A placement policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,9 +33,10 @@ pub enum Policy {
     BestFit,
     /// Fragmentation gradient descent (integer sigmoid scores, random ties), as published.
     Fgd,
-    /// Gantry's policy, "frag-tight": the exact fragmentation growth (no integer rounding), and
-    /// among equal growth the node left with the least free GPU.
-    FragTight,
+    /// Gantry's policy: FGD's fragmentation growth plus the growth of CPU-stranded GPU (free GPU
+    /// whose CPU, at the workload's mean CPU per GPU, is gone), exact rather than rounded to an
+    /// integer score; among equal growth, the node left with the least free GPU.
+    FragCpu,
 }
 
 impl Policy {
@@ -45,7 +48,7 @@ impl Policy {
         Policy::GpuPacking,
         Policy::BestFit,
         Policy::Fgd,
-        Policy::FragTight,
+        Policy::FragCpu,
     ];
 
     /// The name users type.
@@ -57,13 +60,13 @@ impl Policy {
             Policy::GpuPacking => "gpu-packing",
             Policy::BestFit => "best-fit",
             Policy::Fgd => "fgd",
-            Policy::FragTight => "frag-tight",
+            Policy::FragCpu => "frag-cpu",
         }
     }
 
     /// Whether the policy needs the target workload's fragmentation.
     pub fn needs_workload(self) -> bool {
-        matches!(self, Policy::Fgd | Policy::FragTight)
+        matches!(self, Policy::Fgd | Policy::FragCpu)
     }
 }
 
@@ -181,7 +184,7 @@ pub fn evaluate(
                 gpus: best_fit(),
             }
         }
-        Policy::Fgd | Policy::FragTight => {
+        Policy::Fgd | Policy::FragCpu => {
             let frag = frag?;
             fgd(policy, node, req, frag, node_frag)
         }
@@ -219,7 +222,8 @@ fn packing_score(node: &NodeState, req: &Request) -> i64 {
 
 /// Fragmentation growth of every distinct way to place `req` on `node`: FGD scores
 /// `⌊sigmoid((before − after)/1000) × 100⌋` and keeps the first GPU of the best score; Gantry's
-/// frag-tight keeps the exact growth and breaks ties by the least free GPU left.
+/// `frag-cpu` adds the growth of CPU-stranded GPU, keeps it exact, and breaks ties by the least
+/// free GPU left.
 fn fgd(
     policy: Policy,
     node: &NodeState,
@@ -229,14 +233,26 @@ fn fgd(
 ) -> Evaluation {
     let cpu_after = node.cpu_free - req.cpu_milli;
     let gpus = node.gpus();
+    // CPU-stranded GPU: free GPU a node cannot use because the CPU its GPU tasks would need
+    // (at the workload's mean CPU per GPU) is gone.
+    let r = frag.cpu_per_gpu_milli();
+    let stranded = |cpu: u32, gpu: u32| -> f64 {
+        if r > 0.0 {
+            (r * f64::from(gpu) - f64::from(cpu)).max(0.0) / r
+        } else {
+            0.0
+        }
+    };
+    let stranded_before = stranded(node.cpu_free, node.gpu_free_total());
     let score_of = |after: f64, gpu_left_after: u32| -> i64 {
         let delta = before - after;
         match policy {
             Policy::Fgd => trunc(sigmoid(delta / 1000.0) * MAX_SCORE as f64),
             _ => {
-                // exact growth to a thousandth of a milli-GPU, then tighter nodes first
-                let d = trunc((delta * 1000.0).round());
-                d * 32_768 + (32_767 - i64::from(gpu_left_after))
+                let growth =
+                    delta - STRANDED_WEIGHT * (stranded(cpu_after, gpu_left_after) - stranded_before);
+                // exact to a thousandth of a milli-GPU; then the node left with the least free GPU
+                (trunc((growth * 1000.0).round()) << 16) + (65_535 - i64::from(gpu_left_after))
             }
         }
     };

@@ -52,6 +52,30 @@ pub struct Scheduler {
     caches: Vec<Vec<Entry>>,
     ties: Vec<u32>,
     candidates: Vec<u8>,
+    tie_break: TieBreak,
+    /// Each node's place in this run's node order (a seeded permutation).
+    rank: Vec<u32>,
+}
+
+/// How the scheduler chooses among nodes with the best score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TieBreak {
+    /// The node that comes first in a node order drawn once per run from the seed. This is how
+    /// the authors' simulator behaves in effect (a fixed node list order per run) and what
+    /// reproduces their published numbers.
+    #[default]
+    NodeOrder,
+    /// A node drawn uniformly at random for every decision.
+    Uniform,
+}
+
+impl TieBreak {
+    pub fn name(self) -> &'static str {
+        match self {
+            TieBreak::NodeOrder => "node-order",
+            TieBreak::Uniform => "uniform",
+        }
+    }
 }
 
 impl Scheduler {
@@ -78,10 +102,23 @@ impl Scheduler {
             })
             .collect();
         let n = cluster.len();
+        let mut rng = Rng::seed_from_u64(seed);
+        #[allow(clippy::cast_possible_truncation)]
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        rng.shuffle(&mut order);
+        let mut rank = vec![0u32; n];
+        for (r, &i) in order.iter().enumerate() {
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                rank[i as usize] = r as u32;
+            }
+        }
         Ok(Self {
+            rank,
+            tie_break: TieBreak::default(),
             cluster,
             policy,
-            rng: Rng::seed_from_u64(seed),
+            rng,
             frag,
             node_frag,
             version: vec![0; n],
@@ -90,6 +127,13 @@ impl Scheduler {
             ties: Vec::with_capacity(n),
             candidates: Vec::new(),
         })
+    }
+
+    /// Sets how ties are broken (default [`TieBreak::NodeOrder`]). `random` always draws
+    /// uniformly among feasible nodes.
+    pub fn with_tie_break(mut self, tie_break: TieBreak) -> Self {
+        self.tie_break = tie_break;
+        self
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -184,7 +228,16 @@ impl Scheduler {
         if self.ties.is_empty() {
             return None;
         }
-        let node = self.ties[self.rng.below(self.ties.len())] as usize;
+        let node = if self.policy == Policy::Random || self.tie_break == TieBreak::Uniform {
+            self.ties[self.rng.below(self.ties.len())]
+        } else {
+            let rank = &self.rank;
+            self.ties
+                .iter()
+                .copied()
+                .min_by_key(|&t| rank[t as usize])
+                .unwrap_or(self.ties[0])
+        } as usize;
         let gpus = if self.policy == Policy::Random {
             self.random_gpus(node, req)
         } else {

@@ -52,7 +52,12 @@ impl TargetWorkload {
                 .or_default() += 1;
         }
         let mut sorted: Vec<(ShapeKey, usize)> = counts.into_iter().collect();
-        sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        // as the authors: by count, then by (cpu, gpu_milli, num_gpu, models), larger first
+        let order_key = |k: &ShapeKey| (k.0, k.2, k.1, k.3.clone());
+        sorted.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| order_key(&b.0).cmp(&order_key(&a.0)))
+        });
         let total = pods.len();
         let mut kept = Vec::new();
         let mut cum = 0usize;
@@ -115,6 +120,7 @@ struct ModelShapes {
 #[derive(Debug, Clone)]
 pub struct Fragmentation {
     per_model: Vec<ModelShapes>,
+    cpu_per_gpu_milli: f64,
 }
 
 impl Fragmentation {
@@ -148,7 +154,21 @@ impl Fragmentation {
                 ms
             })
             .collect();
-        Self { per_model }
+        let mut cpu = 0.0;
+        let mut gpu = 0.0;
+        for s in &workload.shapes {
+            if s.num_gpu > 0 {
+                cpu += s.weight * f64::from(s.cpu_milli);
+                gpu += s.weight * f64::from(s.num_gpu) * f64::from(s.gpu_milli);
+            }
+        }
+        let cpu_per_gpu_milli = if gpu > 0.0 { cpu / gpu } else { 0.0 };
+        Self { per_model, cpu_per_gpu_milli }
+    }
+
+    /// Mean CPU milli per milli-GPU of the workload's GPU tasks.
+    pub fn cpu_per_gpu_milli(&self) -> f64 {
+        self.cpu_per_gpu_milli
     }
 
     /// Expected fragmentation (milli-GPU) of a node of GPU `model` with `cpu_free` and GPU free
