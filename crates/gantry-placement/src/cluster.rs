@@ -386,7 +386,10 @@ impl Cluster {
         let state = self.nodes.get_mut(node).ok_or(Error::NoSuchNode { node })?;
         let bad = |reason: String| Error::DoesNotFit { node, reason };
         if state.cpu_free < req.cpu_milli {
-            return Err(bad(format!("cpu {} > free {}", req.cpu_milli, state.cpu_free)));
+            return Err(bad(format!(
+                "cpu {} > free {}",
+                req.cpu_milli, state.cpu_free
+            )));
         }
         if state.memory_free < req.memory_mib {
             return Err(bad(format!(
@@ -504,7 +507,8 @@ mod tests {
 
     #[test]
     fn request_resolves_models_and_rejects_nonsense() {
-        let c = Cluster::new(&[node("a", 2, "T4"), node("b", 8, "V100"), node("c", 0, "")]).unwrap();
+        let c =
+            Cluster::new(&[node("a", 2, "T4"), node("b", 8, "V100"), node("c", 0, "")]).unwrap();
         assert_eq!(c.models(), ["T4".to_string(), "V100".to_string()]);
         assert_eq!(c.request(&pod(1, 1, 500, &[])).unwrap().models, ANY_MODEL);
         assert_eq!(c.request(&pod(1, 1, 500, &["V100"])).unwrap().models, 0b10);
@@ -527,7 +531,10 @@ mod tests {
         let mut g5 = GpuSet::default();
         g5.insert(5);
         assert!(c.allocate(0, &r, g5).is_err(), "index out of range");
-        assert!(c.allocate(0, &r, GpuSet::default()).is_err(), "no GPU chosen");
+        assert!(
+            c.allocate(0, &r, GpuSet::default()).is_err(),
+            "no GPU chosen"
+        );
         let wrong = c.request(&pod(1000, 1, 600, &["V100"])).unwrap();
         let mut g1 = GpuSet::default();
         g1.insert(1);
@@ -545,8 +552,14 @@ mod tests {
     fn fail_reason_names_first_empty_stage() {
         let c = Cluster::new(&[node("a", 2, "T4")]).unwrap();
         let r = |p: PodSpec| c.request(&p).unwrap();
-        assert_eq!(c.fail_reason(&r(pod(1, 1, 500, &["V100"]))), FailReason::GpuModel);
-        assert_eq!(c.fail_reason(&r(pod(1, 4, 1000, &[]))), FailReason::GpuModel);
+        assert_eq!(
+            c.fail_reason(&r(pod(1, 1, 500, &["V100"]))),
+            FailReason::GpuModel
+        );
+        assert_eq!(
+            c.fail_reason(&r(pod(1, 4, 1000, &[]))),
+            FailReason::GpuModel
+        );
         assert_eq!(c.fail_reason(&r(pod(64_000, 1, 500, &[]))), FailReason::Cpu);
         let mut p = pod(1, 1, 500, &[]);
         p.memory_mib = 1 << 30;

@@ -85,7 +85,11 @@ impl FromStr for Policy {
             .find(|p| p.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| Error::UnknownPolicy {
                 name: s.to_string(),
-                known: Policy::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+                known: Policy::ALL
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 }
@@ -137,7 +141,10 @@ pub fn evaluate(
             gpus: GpuSet::default(),
         },
         Policy::DotProduct => {
-            let node_v = [f64::from(node.cpu_free) / MAX_SPEC_CPU, gpu_left as f64 / MAX_SPEC_GPU];
+            let node_v = [
+                f64::from(node.cpu_free) / MAX_SPEC_CPU,
+                gpu_left as f64 / MAX_SPEC_GPU,
+            ];
             let pod_v = [
                 f64::from(req.cpu_milli) / MAX_SPEC_CPU,
                 gpu_req as f64 / MAX_SPEC_GPU,
@@ -249,8 +256,8 @@ fn fgd(
         match policy {
             Policy::Fgd => trunc(sigmoid(delta / 1000.0) * MAX_SCORE as f64),
             _ => {
-                let growth =
-                    delta - STRANDED_WEIGHT * (stranded(cpu_after, gpu_left_after) - stranded_before);
+                let growth = delta
+                    - STRANDED_WEIGHT * (stranded(cpu_after, gpu_left_after) - stranded_before);
                 // exact to a thousandth of a milli-GPU; then the node left with the least free GPU
                 (trunc((growth * 1000.0).round()) << 16) + (65_535 - i64::from(gpu_left_after))
             }
@@ -293,5 +300,163 @@ fn fgd(
             score: score_of(f, left_after),
             gpus: set,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Cluster, NodeSpec, PodSpec};
+    use crate::workload::TargetWorkload;
+
+    fn g2() -> Cluster {
+        Cluster::new(&[NodeSpec {
+            name: "n".into(),
+            cpu_milli: 96_000,
+            memory_mib: 1 << 20,
+            gpus: 8,
+            gpu_model: Some("G2".into()),
+        }])
+        .unwrap()
+    }
+
+    fn pod(cpu: u32, num_gpu: u8, gpu_milli: u16) -> PodSpec {
+        PodSpec {
+            cpu_milli: cpu,
+            memory_mib: 0,
+            num_gpu,
+            gpu_milli,
+            gpu_models: vec![],
+        }
+    }
+
+    fn score(
+        policy: Policy,
+        c: &Cluster,
+        p: &PodSpec,
+        w: Option<&TargetWorkload>,
+    ) -> (i64, Vec<usize>) {
+        let req = c.request(p).unwrap();
+        let frag = w.map(|w| Fragmentation::new(w, c));
+        let n = c.node(0);
+        let nf = frag
+            .as_ref()
+            .map_or(0.0, |f| f.node(n.model, n.cpu_free, n.gpus()));
+        let e = evaluate(policy, n, &req, frag.as_ref(), nf).unwrap();
+        (e.score, e.gpus.iter().collect())
+    }
+
+    fn with(c: &mut Cluster, p: PodSpec, gpu: usize) {
+        let req = c.request(&p).unwrap();
+        let mut set = GpuSet::default();
+        set.insert(gpu);
+        c.allocate(0, &req, set).unwrap();
+    }
+
+    #[test]
+    fn baseline_scores_table() {
+        let empty = g2();
+        let p = pod(8000, 1, 500);
+        // dot: (0.75*0.0625 + 1*0.0625)/2 = 0.0546875 -> 94
+        assert_eq!(score(Policy::DotProduct, &empty, &p, None), (94, vec![0]));
+        // best fit: 0.5*88/128 + 0.5*7.5/8 = 0.8125 -> 18
+        assert_eq!(score(Policy::BestFit, &empty, &p, None), (18, vec![0]));
+        // packing, idle node: 33 - 8
+        assert_eq!(score(Policy::GpuPacking, &empty, &p, None).0, 25);
+        // clustering, idle node: 0 + 25
+        assert_eq!(score(Policy::GpuClustering, &empty, &p, None).0, 25);
+        assert_eq!(score(Policy::Random, &empty, &p, None).0, 0);
+        // CPU-only pods: packing and clustering give every node 0
+        assert_eq!(
+            score(Policy::GpuPacking, &empty, &pod(1000, 0, 0), None).0,
+            0
+        );
+        assert_eq!(
+            score(Policy::GpuClustering, &empty, &pod(1000, 0, 0), None).0,
+            0
+        );
+
+        let mut used = g2();
+        with(&mut used, pod(1000, 1, 700), 3); // GPU 3 has 300 left
+                                               // packing: a 250 pod fits the shared GPU 3: 100 - 30/10
+        assert_eq!(
+            score(Policy::GpuPacking, &used, &pod(1000, 1, 250), None),
+            (97, vec![3])
+        );
+        // a 500 pod needs a fully free GPU of a used node: 50 - 1
+        assert_eq!(
+            score(Policy::GpuPacking, &used, &pod(1000, 1, 500), None),
+            (49, vec![0])
+        );
+        // clustering: same class only: 25*700/8000 = 2 (integer) + 75; other class: 2 + 0
+        assert_eq!(
+            score(Policy::GpuClustering, &used, &pod(1000, 1, 250), None).0,
+            77
+        );
+        assert_eq!(
+            score(Policy::GpuClustering, &used, &pod(1000, 1, 1000), None).0,
+            2
+        );
+        // best-fit GPU choice: tightest GPU that fits, lowest-index whole GPUs
+        assert_eq!(
+            score(Policy::BestFit, &used, &pod(1000, 1, 250), None).1,
+            vec![3]
+        );
+        assert_eq!(
+            score(Policy::BestFit, &used, &pod(1000, 2, 1000), None).1,
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn fgd_scores_the_fragmentation_growth() {
+        let empty = g2();
+        // workload of whole-GPU tasks: taking 500 of a GPU leaves 500 of fragment
+        let whole = TargetWorkload::from_pods(&[pod(1000, 1, 1000)], 1.0);
+        // sigmoid(-0.5) = 0.3775 -> 37
+        assert_eq!(
+            score(Policy::Fgd, &empty, &pod(1000, 1, 500), Some(&whole)),
+            (37, vec![0])
+        );
+        // a whole GPU leaves no fragment: sigmoid(0) -> 50
+        assert_eq!(
+            score(Policy::Fgd, &empty, &pod(1000, 1, 1000), Some(&whole)).0,
+            50
+        );
+        // FGD prefers the GPU whose use removes fragment: GPU 3 with 500 left is filled
+        let mut used = g2();
+        with(&mut used, pod(1000, 1, 500), 3);
+        let (s, gpus) = score(Policy::Fgd, &used, &pod(1000, 1, 500), Some(&whole));
+        assert_eq!(gpus, vec![3]);
+        assert_eq!(s, 62, "sigmoid(0.5) = 0.622");
+        // frag-cpu keeps the exact growth: filling the 500 removes 500 of fragment
+        let (s, gpus) = score(Policy::FragCpu, &used, &pod(1000, 1, 500), Some(&whole));
+        assert_eq!(gpus, vec![3]);
+        assert_eq!(s >> 16, 500_000);
+    }
+
+    #[test]
+    fn frag_cpu_counts_cpu_stranded_gpu() {
+        // a workload of 1-GPU tasks needing 12 cores each; the node has 96 cores for 8 GPUs
+        let w = TargetWorkload::from_pods(&[pod(12_000, 1, 1000)], 1.0);
+        let empty = g2();
+        // a CPU-only pod of 48 cores leaves 48 cores for 8 free GPUs: 4 GPUs' CPU is gone.
+        // FGD sees no fragment (every GPU still fits a 12-core task), frag-cpu sees 4000 stranded
+        let cpu_pod = pod(48_000, 0, 0);
+        assert_eq!(score(Policy::Fgd, &empty, &cpu_pod, Some(&w)).0, 50);
+        let (s, _) = score(Policy::FragCpu, &empty, &cpu_pod, Some(&w));
+        assert_eq!(s >> 16, -4_000_000);
+    }
+
+    #[test]
+    fn policy_names_round_trip() {
+        for p in Policy::ALL {
+            assert_eq!(p.name().parse::<Policy>().unwrap(), p);
+        }
+        let err = "nope".parse::<Policy>().unwrap_err().to_string();
+        assert!(
+            err.contains("known policies") && err.contains("fgd"),
+            "{err}"
+        );
     }
 }

@@ -207,7 +207,13 @@ impl Scheduler {
             let stamp = self.version[i].wrapping_add(1);
             let entry = &mut cache[i];
             if entry.stamp != stamp {
-                let e = evaluate(self.policy, node, req, self.frag.as_ref(), self.node_frag[i]);
+                let e = evaluate(
+                    self.policy,
+                    node,
+                    req,
+                    self.frag.as_ref(),
+                    self.node_frag[i],
+                );
                 *entry = Entry {
                     stamp,
                     score: e.map_or(INFEASIBLE, |e| e.score),
@@ -262,5 +268,78 @@ impl Scheduler {
             set.insert(usize::from(self.candidates[k]));
         }
         set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{NodeSpec, PodSpec};
+
+    fn nodes(n: usize) -> Vec<NodeSpec> {
+        (0..n)
+            .map(|i| NodeSpec {
+                name: format!("n{i}"),
+                cpu_milli: 64_000,
+                memory_mib: 1 << 16,
+                gpus: 2,
+                gpu_model: Some("T4".into()),
+            })
+            .collect()
+    }
+
+    fn cpu_pod() -> PodSpec {
+        PodSpec {
+            cpu_milli: 1000,
+            memory_mib: 1,
+            num_gpu: 0,
+            gpu_milli: 0,
+            gpu_models: vec![],
+        }
+    }
+
+    fn used_nodes(policy: Policy, tie: TieBreak, seed: u64) -> std::collections::BTreeSet<usize> {
+        let mut s = Scheduler::new(Cluster::new(&nodes(8)).unwrap(), policy, None, seed)
+            .unwrap()
+            .with_tie_break(tie);
+        let req = s.cluster().request(&cpu_pod()).unwrap();
+        (0..8).map(|_| s.place(&req).unwrap().node).collect()
+    }
+
+    #[test]
+    fn node_order_ties_stick_to_one_node_uniform_ties_spread() {
+        // gpu-packing scores every node 0 for a CPU-only pod: all ties
+        for seed in [1, 2, 3] {
+            assert_eq!(
+                used_nodes(Policy::GpuPacking, TieBreak::NodeOrder, seed).len(),
+                1
+            );
+            assert!(used_nodes(Policy::GpuPacking, TieBreak::Uniform, seed).len() > 1);
+            // random draws uniformly whatever the tie-break
+            assert!(used_nodes(Policy::Random, TieBreak::NodeOrder, seed).len() > 1);
+        }
+        // the node order itself is drawn from the seed
+        let firsts: std::collections::BTreeSet<usize> = (0..16)
+            .map(|seed| {
+                *used_nodes(Policy::GpuPacking, TieBreak::NodeOrder, seed)
+                    .first()
+                    .unwrap()
+            })
+            .collect();
+        assert!(firsts.len() > 1);
+    }
+
+    #[test]
+    fn fgd_needs_a_workload_and_memory_is_filtered() {
+        let c = Cluster::new(&nodes(2)).unwrap();
+        let err = Scheduler::new(c.clone(), Policy::Fgd, None, 1).unwrap_err();
+        assert_eq!(err.kind(), "needs_workload");
+        let mut s = Scheduler::new(c, Policy::BestFit, None, 1).unwrap();
+        let mut big = cpu_pod();
+        big.memory_mib = 1 << 16;
+        let req = s.cluster().request(&big).unwrap();
+        assert!(s.place(&req).is_ok());
+        assert!(s.place(&req).is_ok());
+        assert_eq!(s.place(&req), Err(FailReason::Memory));
     }
 }

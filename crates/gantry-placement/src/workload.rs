@@ -40,7 +40,8 @@ impl TargetWorkload {
     /// Counts shapes `(cpu_milli, num_gpu, gpu_milli, gpu_models)` over `pods` (CPU-only pods
     /// included), keeps them from the most frequent down until they cover at least `coverage`
     /// (0..=1) of the pods, and weights them by frequency, renormalised to sum to 1. Ties in
-    /// count are ordered by the shape itself, larger first, so the result is deterministic.
+    /// count are ordered by CPU, then milli-GPU, GPU count and models, larger first (as the
+    /// authors' simulator does), so the result is deterministic.
     pub fn from_pods(pods: &[PodSpec], coverage: f64) -> Self {
         let mut counts: BTreeMap<ShapeKey, usize> = BTreeMap::new();
         for p in pods {
@@ -72,14 +73,16 @@ impl TargetWorkload {
         #[allow(clippy::cast_precision_loss)]
         let shapes = kept
             .into_iter()
-            .map(|((cpu_milli, num_gpu, gpu_milli, gpu_models), count)| Shape {
-                cpu_milli,
-                num_gpu,
-                gpu_milli,
-                gpu_models,
-                count,
-                weight: count as f64 / cum as f64,
-            })
+            .map(
+                |((cpu_milli, num_gpu, gpu_milli, gpu_models), count)| Shape {
+                    cpu_milli,
+                    num_gpu,
+                    gpu_milli,
+                    gpu_models,
+                    count,
+                    weight: count as f64 / cum as f64,
+                },
+            )
             .collect();
         #[allow(clippy::cast_precision_loss)]
         let covered = if total == 0 {
@@ -163,7 +166,10 @@ impl Fragmentation {
             }
         }
         let cpu_per_gpu_milli = if gpu > 0.0 { cpu / gpu } else { 0.0 };
-        Self { per_model, cpu_per_gpu_milli }
+        Self {
+            per_model,
+            cpu_per_gpu_milli,
+        }
     }
 
     /// Mean CPU milli per milli-GPU of the workload's GPU tasks.
@@ -254,12 +260,16 @@ mod tests {
         let cases: &[(u32, &[u16], f64)] = &[
             (8000, &[1000, 1000, 1000, 1000], 0.0),
             (8000, &[300, 1000, 1000, 1000], 300.0),
-            (8000, &[300, 200, 0, 0], 500.0),       // cannot run: all free
+            (8000, &[300, 200, 0, 0], 500.0), // cannot run: all free
             (500, &[1000, 1000, 1000, 1000], 4000.0), // lacks CPU: all free
             (8000, &[0, 0, 0, 0], 0.0),
         ];
         for (cpu, gpus, want) in cases {
-            assert_eq!(f.node(Some(0), *cpu, gpus), *want, "cpu {cpu} gpus {gpus:?}");
+            assert_eq!(
+                f.node(Some(0), *cpu, gpus),
+                *want,
+                "cpu {cpu} gpus {gpus:?}"
+            );
         }
         // wrong model: all free; CPU-only task: all free
         let w2 = TargetWorkload::from_pods(&[pod(1000, 1, 500, &["V100"])], 1.0);

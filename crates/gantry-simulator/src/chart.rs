@@ -86,7 +86,10 @@ pub fn draw(path: &Path, title: &str, series: &[Series], text: bool) -> Result<(
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let drawn = chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| err(&e))?;
         if text {
             drawn.label(s.name.clone()).legend(move |(x, y)| {
@@ -110,7 +113,8 @@ pub fn draw(path: &Path, title: &str, series: &[Series], text: bool) -> Result<(
 
 /// The legend as text, for charts drawn without a font: `name: r,g,b` per line.
 pub fn legend_text(series: &[Series]) -> String {
-    let mut s = String::from("# line colours of the chart (RGB), in drawing order\nideal: 200,200,200\n");
+    let mut s =
+        String::from("# line colours of the chart (RGB), in drawing order\nideal: 200,200,200\n");
     for (i, x) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         s.push_str(&format!("{}: {},{},{}\n", x.name, c.0, c.1, c.2));

@@ -50,7 +50,10 @@ pub fn summarize(results: &[RunResult], pct: u32) -> Vec<PolicySummary> {
             continue;
         }
         runs.sort_by_key(|r| r.seed);
-        let at: Vec<_> = runs.iter().filter_map(|r| r.at(pct).map(|x| (r.seed, x))).collect();
+        let at: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.at(pct).map(|x| (r.seed, x)))
+            .collect();
         let un: Vec<f64> = at.iter().map(|(_, r)| r.unallocated_pct()).collect();
         let (mean, std) = mean_std(&un);
         let fr: Vec<f64> = at.iter().map(|(_, r)| r.frag_ratio_pct).collect();
@@ -145,9 +148,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

@@ -108,7 +108,11 @@ pub fn arrival_order(pods: &[PodSpec], total_gpu_milli: u64, seed: u64, tune: f6
     let mut order: Vec<usize> = (0..pods.len()).collect();
     rng.shuffle(&mut order);
     let mut requested: u64 = pods.iter().map(PodSpec::gpu_request).sum();
-    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
     let limit = (tune * total_gpu_milli as f64).floor().max(0.0) as u64;
     if pods.is_empty() {
         return order;
@@ -181,13 +185,23 @@ pub fn simulate(
         match outcome {
             Ok(_) => placed += 1,
             Err(reason) => {
-                let k = FailReason::ALL.iter().position(|r| *r == reason).unwrap_or(3);
+                let k = FailReason::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .unwrap_or(3);
                 failed[k] += 1;
             }
         }
         arrived += req.gpu_request();
         while total > 0 && arrived * 100 >= u64::from(next_pct) * total {
-            records.push(record(&sched, next_pct, arrived, n as u64 + 1, placed, &failed));
+            records.push(record(
+                &sched,
+                next_pct,
+                arrived,
+                n as u64 + 1,
+                placed,
+                &failed,
+            ));
             next_pct += 1;
         }
         pending_progress += 1;
@@ -240,7 +254,11 @@ mod tests {
         let total: u64 = order.iter().map(|&i| pods[i].gpu_request()).sum();
         assert!(total <= 13_000, "{total}");
         assert!(total + 2000 > 13_000 || order.len() > 4);
-        assert_eq!(order, arrival_order(&pods, 10_000, 42, 1.3), "deterministic");
+        assert_eq!(
+            order,
+            arrival_order(&pods, 10_000, 42, 1.3),
+            "deterministic"
+        );
         assert_ne!(order, arrival_order(&pods, 10_000, 43, 1.3));
     }
 }

@@ -62,11 +62,7 @@ impl<'a> Csv<'a> {
                 return Err(Error::Malformed {
                     path: path.to_path_buf(),
                     line: i + 1,
-                    reason: format!(
-                        "{} fields, the header has {}",
-                        fields.len(),
-                        header.len()
-                    ),
+                    reason: format!("{} fields, the header has {}", fields.len(), header.len()),
                 });
             }
             rows.push((i + 1, fields));
@@ -86,12 +82,7 @@ impl<'a> Csv<'a> {
         self.header.iter().position(|h| *h == name)
     }
 
-    fn number<T: std::str::FromStr>(
-        &self,
-        line: usize,
-        fields: &[&str],
-        col: usize,
-    ) -> Result<T> {
+    fn number<T: std::str::FromStr>(&self, line: usize, fields: &[&str], col: usize) -> Result<T> {
         let raw = fields[col];
         raw.parse().map_err(|_| Error::Malformed {
             path: self.path.to_path_buf(),
@@ -127,7 +118,10 @@ pub fn parse_nodes(text: &str, path: &Path) -> Result<Vec<NodeSpec>> {
         let gpus: u8 = csv.number(*line, f, gpu)?;
         let model_name = f[model];
         if gpus > 0 && model_name.is_empty() {
-            return Err(csv.bad(*line, format!("node {} has {gpus} GPUs but no model", f[sn])));
+            return Err(csv.bad(
+                *line,
+                format!("node {} has {gpus} GPUs but no model", f[sn]),
+            ));
         }
         nodes.push(NodeSpec {
             name: f[sn].to_string(),
@@ -210,10 +204,26 @@ mod tests {
     fn malformed_rows_name_file_and_line() {
         let p = Path::new("/x/pods.csv");
         let cases = [
-            ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1,2,1,500\nb,1,2,1\n", 3, "fields"),
-            ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,x,2,1,500\n", 2, "cpu_milli"),
-            ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1,2,1,0\n", 2, "gpu_milli"),
-            ("name,cpu_milli,memory_mib,num_gpu\na,1,2,1\n", 1, "gpu_milli"),
+            (
+                "name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1,2,1,500\nb,1,2,1\n",
+                3,
+                "fields",
+            ),
+            (
+                "name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,x,2,1,500\n",
+                2,
+                "cpu_milli",
+            ),
+            (
+                "name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1,2,1,0\n",
+                2,
+                "gpu_milli",
+            ),
+            (
+                "name,cpu_milli,memory_mib,num_gpu\na,1,2,1\n",
+                1,
+                "gpu_milli",
+            ),
             ("", 1, "empty"),
         ];
         for (text, line, word) in cases {
@@ -230,15 +240,25 @@ mod tests {
 
     #[test]
     fn loads_the_shared_trace_with_known_totals() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-v2023");
-        assert!(dir.exists(), "the shared trace must sit beside the repository: {}", dir.display());
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-v2023");
+        assert!(
+            dir.exists(),
+            "the shared trace must sit beside the repository: {}",
+            dir.display()
+        );
         let nodes = load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
         assert_eq!(nodes.len(), 1213);
         assert_eq!(nodes.iter().map(|n| u32::from(n.gpus)).sum::<u32>(), 6212);
         let pods = load_pods(&dir.join("openb_pod_list_default.csv")).unwrap();
         assert_eq!(pods.len(), 8152);
         assert_eq!(pods.iter().filter(|p| p.num_gpu == 0).count(), 1088);
-        assert_eq!(pods.iter().filter(|p| p.num_gpu == 1 && p.gpu_milli < 1000).count(), 3078);
+        assert_eq!(
+            pods.iter()
+                .filter(|p| p.num_gpu == 1 && p.gpu_milli < 1000)
+                .count(),
+            3078
+        );
         let multi = load_pods(&dir.join("openb_pod_list_multigpu20.csv")).unwrap();
         assert_eq!(multi.len(), 8324);
         let cpu_only_nodes = load_nodes(&dir.join("openb_node_list_all_node.csv")).unwrap();

@@ -97,7 +97,10 @@ impl From<TieBreakArg> for TieBreak {
 /// Parses `42..51` (inclusive) or `42,43,50`.
 fn parse_seeds(s: &str) -> anyhow::Result<Vec<u64>> {
     if let Some((a, b)) = s.split_once("..") {
-        let a: u64 = a.trim().parse().with_context(|| format!("seed range start in {s:?}"))?;
+        let a: u64 = a
+            .trim()
+            .parse()
+            .with_context(|| format!("seed range start in {s:?}"))?;
         let b: u64 = b
             .trim()
             .trim_start_matches('=')
@@ -109,7 +112,11 @@ fn parse_seeds(s: &str) -> anyhow::Result<Vec<u64>> {
         return Ok((a..=b).collect());
     }
     s.split(',')
-        .map(|x| x.trim().parse().with_context(|| format!("seed {x:?} in {s:?}")))
+        .map(|x| {
+            x.trim()
+                .parse()
+                .with_context(|| format!("seed {x:?} in {s:?}"))
+        })
         .collect()
 }
 
@@ -133,7 +140,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         bail!("no policy given: pass --policy NAME[,NAME...]");
     }
     let seeds = parse_seeds(&args.seeds)?;
-    if !(args.tune > 0.0) {
+    if !args.tune.is_finite() || args.tune <= 0.0 {
         bail!("--tune must be positive, got {}", args.tune);
     }
     let nodes = trace::load_nodes(&args.nodes)?;
@@ -189,9 +196,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(cfg) = runs.get(i) else { break };
-                let r = sim::simulate(&nodes, &pods, cfg, &progress).with_context(|| {
-                    format!("simulating {} seed {}", cfg.policy, cfg.seed)
-                });
+                let r = sim::simulate(&nodes, &pods, cfg, &progress)
+                    .with_context(|| format!("simulating {} seed {}", cfg.policy, cfg.seed));
                 if let Ok(mut v) = results.lock() {
                     v.push(r);
                 }
@@ -226,7 +232,10 @@ fn write_results(
             report::run_csv(r).as_bytes(),
         )?;
     }
-    report::write_atomic(&out.join("summary.csv"), report::summary_csv(summaries).as_bytes())?;
+    report::write_atomic(
+        &out.join("summary.csv"),
+        report::summary_csv(summaries).as_bytes(),
+    )?;
     let json = serde_json::to_vec_pretty(summaries).context("serialising the summary")?;
     report::write_atomic(&out.join("summary.json"), &json)?;
 
@@ -265,7 +274,9 @@ fn write_results(
     };
     let title = format!(
         "GPU allocation vs arrived demand ({}, tune {}, seeds {})",
-        args.pods.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+        args.pods
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
         args.tune,
         args.seeds
     );
@@ -338,7 +349,11 @@ fn bench(
             seconds: r.decide_time.as_secs_f64(),
             decisions_per_second: r.decisions_per_second(),
         });
-        tracing::info!(policy = policy.name(), per_second = r.decisions_per_second(), "measured");
+        tracing::info!(
+            policy = policy.name(),
+            per_second = r.decisions_per_second(),
+            "measured"
+        );
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
