@@ -33,9 +33,9 @@ pub enum Policy {
     BestFit,
     /// Fragmentation gradient descent (integer sigmoid scores, random ties), as published.
     Fgd,
-    /// Gantry's policy: FGD's fragmentation growth plus the growth of CPU-stranded GPU (free GPU
-    /// whose CPU, at the workload's mean CPU per GPU, is gone), exact rather than rounded to an
-    /// integer score; among equal growth, the node left with the least free GPU.
+    /// Gantry's policy: FGD whose fragmentation also counts CPU-stranded GPU, the free GPU of a
+    /// node whose CPU, at the workload's mean CPU per GPU, is already gone. Scored like FGD
+    /// (`⌊sigmoid(−growth/1000) × 100⌋`).
     FragCpu,
 }
 
@@ -229,8 +229,7 @@ fn packing_score(node: &NodeState, req: &Request) -> i64 {
 
 /// Fragmentation growth of every distinct way to place `req` on `node`: FGD scores
 /// `⌊sigmoid((before − after)/1000) × 100⌋` and keeps the first GPU of the best score; Gantry's
-/// `frag-cpu` adds the growth of CPU-stranded GPU, keeps it exact, and breaks ties by the least
-/// free GPU left.
+/// `frag-cpu` adds the growth of CPU-stranded GPU to the growth before scoring the same way.
 fn fgd(
     policy: Policy,
     node: &NodeState,
@@ -256,10 +255,9 @@ fn fgd(
         match policy {
             Policy::Fgd => trunc(sigmoid(delta / 1000.0) * MAX_SCORE as f64),
             _ => {
-                let growth = delta
+                let gain = delta
                     - STRANDED_WEIGHT * (stranded(cpu_after, gpu_left_after) - stranded_before);
-                // exact to a thousandth of a milli-GPU; then the node left with the least free GPU
-                (trunc((growth * 1000.0).round()) << 16) + (65_535 - i64::from(gpu_left_after))
+                trunc(sigmoid(gain / 1000.0) * MAX_SCORE as f64)
             }
         }
     };
@@ -429,10 +427,9 @@ mod tests {
         let (s, gpus) = score(Policy::Fgd, &used, &pod(1000, 1, 500), Some(&whole));
         assert_eq!(gpus, vec![3]);
         assert_eq!(s, 62, "sigmoid(0.5) = 0.622");
-        // frag-cpu keeps the exact growth: filling the 500 removes 500 of fragment
+        // frag-cpu agrees where no CPU is stranded
         let (s, gpus) = score(Policy::FragCpu, &used, &pod(1000, 1, 500), Some(&whole));
-        assert_eq!(gpus, vec![3]);
-        assert_eq!(s >> 16, 500_000);
+        assert_eq!((s, gpus), (62, vec![3]));
     }
 
     #[test]
@@ -441,11 +438,13 @@ mod tests {
         let w = TargetWorkload::from_pods(&[pod(12_000, 1, 1000)], 1.0);
         let empty = g2();
         // a CPU-only pod of 48 cores leaves 48 cores for 8 free GPUs: 4 GPUs' CPU is gone.
-        // FGD sees no fragment (every GPU still fits a 12-core task), frag-cpu sees 4000 stranded
+        // FGD sees no fragment (every GPU still fits a 12-core task); frag-cpu sees 4000 stranded
         let cpu_pod = pod(48_000, 0, 0);
         assert_eq!(score(Policy::Fgd, &empty, &cpu_pod, Some(&w)).0, 50);
-        let (s, _) = score(Policy::FragCpu, &empty, &cpu_pod, Some(&w));
-        assert_eq!(s >> 16, -4_000_000);
+        // sigmoid(-4000/1000) = 0.018
+        assert_eq!(score(Policy::FragCpu, &empty, &cpu_pod, Some(&w)).0, 1);
+        // a 12-core 1-GPU task strands nothing: both 50
+        assert_eq!(score(Policy::FragCpu, &empty, &pod(12_000, 1, 1000), Some(&w)).0, 50);
     }
 
     #[test]
