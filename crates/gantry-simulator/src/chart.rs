@@ -33,9 +33,16 @@ pub fn use_font(font: Vec<u8>) -> bool {
     register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
 }
 
-/// Draws the chart as a PNG at `path`. With `text` false (no font available) it draws axes and
-/// lines only; the caller then writes the legend beside it.
-pub fn draw(path: &Path, title: &str, series: &[Series], text: bool) -> Result<()> {
+/// Draws the chart as a PNG at `path`, the x axis from `x_from` %, the y axis from `y_from` %.
+/// With `text` false (no font available) it draws axes and lines only; the caller then writes the
+/// legend beside it.
+pub fn draw(
+    path: &Path,
+    title: &str,
+    series: &[Series],
+    text: bool,
+    (x_from, y_from): (f64, f64),
+) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| Error::Chart {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -55,7 +62,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series], text: bool) -> Result<(
             .y_label_area_size(60);
     }
     let mut chart = builder
-        .build_cartesian_2d(0f64..x_max, 0f64..100f64)
+        .build_cartesian_2d(x_from..x_max, y_from..100f64)
         .map_err(|e| err(&e))?;
     if text {
         chart
@@ -79,7 +86,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series], text: bool) -> Result<(
     // the ideal: everything that arrives is allocated, up to the cluster's capacity
     chart
         .draw_series(LineSeries::new(
-            [(0.0, 0.0), (100.0, 100.0), (x_max, 100.0)],
+            [(x_from, x_from), (100.0, 100.0), (x_max, 100.0)],
             RGBColor(200, 200, 200).stroke_width(1),
         ))
         .map_err(|e| err(&e))?;
@@ -87,7 +94,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series], text: bool) -> Result<(
         let color = COLORS[i % COLORS.len()];
         let drawn = chart
             .draw_series(LineSeries::new(
-                s.points.iter().copied(),
+                s.points.iter().copied().filter(|p| p.0 >= x_from),
                 color.stroke_width(2),
             ))
             .map_err(|e| err(&e))?;

@@ -49,7 +49,8 @@ pub struct Args {
     /// Arrival percent at which the summary is taken.
     #[arg(long, default_value_t = 100)]
     at: u32,
-    /// Folder for the results: one CSV per run under runs/, summary.csv, allocation.png.
+    /// Folder for the results: one CSV per run under runs/, summary.csv and summary.json,
+    /// allocation.png (allocation against arrived demand) and allocation-zoom.png.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Format of the summary on stdout.
@@ -280,10 +281,13 @@ fn write_results(
         args.tune,
         args.seeds
     );
-    let png = out.join("allocation.png");
-    let tmp = out.join(".allocation.png.tmp.png");
-    chart::draw(&tmp, &title, &series, text)?;
-    std::fs::rename(&tmp, &png).with_context(|| format!("renaming to {}", png.display()))?;
+    // the whole run, and a close-up of where the policies part
+    for (name, range) in [("allocation.png", (0.0, 0.0)), ("allocation-zoom.png", (75.0, 75.0))] {
+        let png = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp.png"));
+        chart::draw(&tmp, &title, &series, text, range)?;
+        std::fs::rename(&tmp, &png).with_context(|| format!("renaming to {}", png.display()))?;
+    }
     if !text {
         report::write_atomic(
             &out.join("allocation.legend.txt"),
