@@ -444,7 +444,10 @@ mod tests {
         // sigmoid(-4000/1000) = 0.018
         assert_eq!(score(Policy::FragCpu, &empty, &cpu_pod, Some(&w)).0, 1);
         // a 12-core 1-GPU task strands nothing: both 50
-        assert_eq!(score(Policy::FragCpu, &empty, &pod(12_000, 1, 1000), Some(&w)).0, 50);
+        assert_eq!(
+            score(Policy::FragCpu, &empty, &pod(12_000, 1, 1000), Some(&w)).0,
+            50
+        );
     }
 
     #[test]

@@ -282,7 +282,10 @@ fn write_results(
         args.seeds
     );
     // the whole run, and a close-up of where the policies part
-    for (name, range) in [("allocation.png", (0.0, 0.0)), ("allocation-zoom.png", (75.0, 75.0))] {
+    for (name, range) in [
+        ("allocation.png", (0.0, 0.0)),
+        ("allocation-zoom.png", (75.0, 75.0)),
+    ] {
         let png = out.join(name);
         let tmp = out.join(format!(".{name}.tmp.png"));
         chart::draw(&tmp, &title, &series, text, range)?;
