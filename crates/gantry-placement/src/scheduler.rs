@@ -161,11 +161,8 @@ impl Scheduler {
         };
         // The decision came from the same checks allocate repeats, so this cannot fail; if it
         // did, report the pod as unplaceable rather than corrupt the state.
-        if self
-            .cluster
-            .allocate(placement.node, req, placement.gpus)
-            .is_err()
-        {
+        if let Err(e) = self.cluster.allocate(placement.node, req, placement.gpus) {
+            debug_assert!(false, "a decision the cluster rejects: {e}");
             return Err(FailReason::Gpu);
         }
         let n = placement.node;

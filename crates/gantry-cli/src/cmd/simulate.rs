@@ -144,6 +144,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if !args.tune.is_finite() || args.tune <= 0.0 {
         bail!("--tune must be positive, got {}", args.tune);
     }
+    if !(0.0..=1.0).contains(&args.coverage) {
+        bail!("--coverage must be within 0..=1, got {}", args.coverage);
+    }
     let nodes = trace::load_nodes(&args.nodes)?;
     let pods = trace::load_pods(&args.pods)?;
     let total_gpu_milli: u64 = nodes.iter().map(|n| u64::from(n.gpus) * 1000).sum();
