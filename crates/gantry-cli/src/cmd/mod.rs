@@ -3,4 +3,5 @@
 pub mod device_plugin;
 pub mod discovery_args;
 pub mod gpus;
+pub mod simulate;
 pub mod validate;
