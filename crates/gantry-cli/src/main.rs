@@ -12,7 +12,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "gantry", version, about, long_about = None, propagate_version = true)]
 struct Cli {
     /// Log format on stderr; the level comes from RUST_LOG (default `info`).
-    #[arg(long, global = true, value_enum, default_value = "text", env = "GANTRY_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "GANTRY_LOG_FORMAT"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]

@@ -88,7 +88,11 @@ fn pci_info(bus: PciBusId) -> sys::nvmlPciInfo_t {
     for (dst, src) in info.busId.iter_mut().zip(long.bytes()) {
         *dst = c_char::from_ne_bytes([src]);
     }
-    for (dst, src) in info.busIdLegacy.iter_mut().zip(bus.to_string().bytes().take(15)) {
+    for (dst, src) in info
+        .busIdLegacy
+        .iter_mut()
+        .zip(bus.to_string().bytes().take(15))
+    {
         *dst = c_char::from_ne_bytes([src]);
     }
     info
@@ -108,7 +112,9 @@ fn fixture_path() -> Result<PathBuf, String> {
     // SAFETY: dladdr only reads the loader's tables and writes `info`, which lives on this stack frame.
     let found = unsafe { libc::dladdr(address, &mut info) };
     if found == 0 || info.dli_fname.is_null() {
-        return Err("GANTRY_FAKE_NVML_FIXTURE is not set and the library's own path is unknown".into());
+        return Err(
+            "GANTRY_FAKE_NVML_FIXTURE is not set and the library's own path is unknown".into(),
+        );
     }
     // SAFETY: dladdr returned a NUL-terminated path owned by the loader, valid while the library is loaded.
     let own = unsafe { CStr::from_ptr(info.dli_fname) };
@@ -181,19 +187,25 @@ pub extern "C" fn nvmlErrorString(result: Code) -> *const c_char {
 #[no_mangle]
 pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> Code {
     // SAFETY: NVML's contract for string outputs (module docs).
-    code(with_fake(|f| f.driver_version()), |v| unsafe { put_str(version, length, &v) })
+    code(with_fake(|f| f.driver_version()), |v| unsafe {
+        put_str(version, length, &v)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> Code {
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.cuda_driver_version()), |v| unsafe { put(version, v) })
+    code(with_fake(|f| f.cuda_driver_version()), |v| unsafe {
+        put(version, v)
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> Code {
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| Ok(f.device_count())), |v| unsafe { put(count, v) })
+    code(with_fake(|f| Ok(f.device_count())), |v| unsafe {
+        put(count, v)
+    })
 }
 
 fn to_handle(value: usize) -> sys::nvmlDevice_t {
@@ -210,7 +222,9 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     device: *mut sys::nvmlDevice_t,
 ) -> Code {
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.handle_by_index(index)), |h| unsafe { put(device, to_handle(h)) })
+    code(with_fake(|f| f.handle_by_index(index)), |h| unsafe {
+        put(device, to_handle(h))
+    })
 }
 
 #[no_mangle]
@@ -221,7 +235,9 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for string outputs (module docs).
-    code(with_fake(|f| f.uuid(h)), |v| unsafe { put_str(uuid, length, &v) })
+    code(with_fake(|f| f.uuid(h)), |v| unsafe {
+        put_str(uuid, length, &v)
+    })
 }
 
 #[no_mangle]
@@ -232,7 +248,9 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for string outputs (module docs).
-    code(with_fake(|f| f.name(h)), |v| unsafe { put_str(name, length, &v) })
+    code(with_fake(|f| f.name(h)), |v| unsafe {
+        put_str(name, length, &v)
+    })
 }
 
 #[no_mangle]
@@ -262,7 +280,9 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.pci_bus_id(h)), |bus| unsafe { put(pci, pci_info(bus)) })
+    code(with_fake(|f| f.pci_bus_id(h)), |bus| unsafe {
+        put(pci, pci_info(bus))
+    })
 }
 
 #[no_mangle]
@@ -293,7 +313,10 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetNumaNodeId(device: sys::nvmlDevice_t, node: *mut c_uint) -> Code {
+pub unsafe extern "C" fn nvmlDeviceGetNumaNodeId(
+    device: sys::nvmlDevice_t,
+    node: *mut c_uint,
+) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
     code(with_fake(|f| f.numa_node(h)), |v| unsafe { put(node, v) })
@@ -307,7 +330,9 @@ pub unsafe extern "C" fn nvmlDeviceGetTopologyCommonAncestor(
 ) -> Code {
     let (a, b) = (from_handle(device1), from_handle(device2));
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.common_ancestor(a, b)), |v| unsafe { put(path_info, v) })
+    code(with_fake(|f| f.common_ancestor(a, b)), |v| unsafe {
+        put(path_info, v)
+    })
 }
 
 #[no_mangle]
@@ -336,7 +361,9 @@ pub unsafe extern "C" fn nvmlDeviceGetNvLinkRemotePciInfo_v2(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.nvlink_remote(h, link)), |bus| unsafe { put(pci, pci_info(bus)) })
+    code(with_fake(|f| f.nvlink_remote(h, link)), |bus| unsafe {
+        put(pci, pci_info(bus))
+    })
 }
 
 #[no_mangle]
@@ -363,7 +390,9 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.max_mig_devices(h)), |v| unsafe { put(count, v) })
+    code(with_fake(|f| f.max_mig_devices(h)), |v| unsafe {
+        put(count, v)
+    })
 }
 
 #[no_mangle]
@@ -374,14 +403,21 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.mig_handle(h, index)), |m| unsafe { put(mig, to_handle(m)) })
+    code(with_fake(|f| f.mig_handle(h, index)), |m| unsafe {
+        put(mig, to_handle(m))
+    })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(device: sys::nvmlDevice_t, id: *mut c_uint) -> Code {
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(
+    device: sys::nvmlDevice_t,
+    id: *mut c_uint,
+) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.instance_ids(h)), |(gi, _)| unsafe { put(id, gi) })
+    code(with_fake(|f| f.instance_ids(h)), |(gi, _)| unsafe {
+        put(id, gi)
+    })
 }
 
 #[no_mangle]
@@ -391,7 +427,9 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.instance_ids(h)), |(_, ci)| unsafe { put(id, ci) })
+    code(with_fake(|f| f.instance_ids(h)), |(_, ci)| unsafe {
+        put(id, ci)
+    })
 }
 
 #[no_mangle]
@@ -415,7 +453,9 @@ pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
 ) -> Code {
     let h = from_handle(device);
     // SAFETY: NVML's contract for output parameters (module docs).
-    code(with_fake(|f| f.supported_events(h)), |v| unsafe { put(types, v) })
+    code(with_fake(|f| f.supported_events(h)), |v| unsafe {
+        put(types, v)
+    })
 }
 
 #[no_mangle]

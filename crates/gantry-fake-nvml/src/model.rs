@@ -399,7 +399,12 @@ impl Fake {
             {
                 continue;
             }
-            let Some(pos) = self.inventory.gpus.iter().position(|g| g.index == fault.gpu) else {
+            let Some(pos) = self
+                .inventory
+                .gpus
+                .iter()
+                .position(|g| g.index == fault.gpu)
+            else {
                 continue;
             };
             self.delivered.insert(i);
@@ -420,10 +425,12 @@ fn nvlink_remotes(inventory: &NodeInventory) -> Vec<Vec<PciBusId>> {
                 .gpus
                 .iter()
                 .filter(|peer| peer.index != gpu.index)
-                .filter_map(|peer| match inventory.topology.link(gpu.index, peer.index) {
-                    Some(Link::NvLink { lanes }) => Some((peer.pci_bus_id, lanes)),
-                    _ => None,
-                })
+                .filter_map(
+                    |peer| match inventory.topology.link(gpu.index, peer.index) {
+                        Some(Link::NvLink { lanes }) => Some((peer.pci_bus_id, lanes)),
+                        _ => None,
+                    },
+                )
                 .collect();
             let total: u32 = peers.iter().map(|(_, lanes)| lanes).sum();
             if total <= MAX_LINKS {
@@ -452,7 +459,12 @@ mod tests {
 
     #[test]
     fn handles_round_trip() {
-        for h in [Handle::Gpu(0), Handle::Gpu(7), Handle::Mig(0, 0), Handle::Mig(3, 6)] {
+        for h in [
+            Handle::Gpu(0),
+            Handle::Gpu(7),
+            Handle::Mig(0, 0),
+            Handle::Mig(3, 6),
+        ] {
             assert_eq!(Handle::decode(h.encode()), Some(h));
             assert_ne!(h.encode(), 0);
         }

@@ -3,13 +3,17 @@ use std::path::PathBuf;
 /// Errors of the GPU domain model: malformed identifiers and inconsistent inventories.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid PCI bus id {value:?}: expected DOMAIN:BUS:DEVICE.FUNCTION such as 0000:17:00.0")]
+    #[error(
+        "invalid PCI bus id {value:?}: expected DOMAIN:BUS:DEVICE.FUNCTION such as 0000:17:00.0"
+    )]
     InvalidPciBusId { value: String },
 
     #[error("invalid device UUID {value:?}: expected {prefix}- followed by hex digits and dashes")]
     InvalidUuid { value: String, prefix: &'static str },
 
-    #[error("invalid link {value:?}: expected NV<lanes> (such as NV18), PIX, PXB, PHB, NODE or SYS")]
+    #[error(
+        "invalid link {value:?}: expected NV<lanes> (such as NV18), PIX, PXB, PHB, NODE or SYS"
+    )]
     InvalidLink { value: String },
 
     #[error("invalid CUDA version {value:?}: expected MAJOR.MINOR such as 12.4")]

@@ -178,7 +178,12 @@ mod tests {
 
     #[test]
     fn pci_bus_id_forms_normalise_to_one_value() {
-        for text in ["00000000:17:00.0", "0000:17:00.0", "17:00.0", "0000:17:00.0\n"] {
+        for text in [
+            "00000000:17:00.0",
+            "0000:17:00.0",
+            "17:00.0",
+            "0000:17:00.0\n",
+        ] {
             let id: PciBusId = text.parse().unwrap();
             assert_eq!(id.to_string(), "0000:17:00.0", "from {text:?}");
         }
@@ -188,19 +193,44 @@ mod tests {
 
     #[test]
     fn pci_bus_id_rejects_garbage() {
-        for text in ["", "17:00", "zz:00.0", "0000:17:00.8", "0000:17:20.0", "0000:100:00.0", "a:b:c:d"] {
-            assert!(text.parse::<PciBusId>().is_err(), "{text:?} should be rejected");
+        for text in [
+            "",
+            "17:00",
+            "zz:00.0",
+            "0000:17:00.8",
+            "0000:17:20.0",
+            "0000:100:00.0",
+            "a:b:c:d",
+        ] {
+            assert!(
+                text.parse::<PciBusId>().is_err(),
+                "{text:?} should be rejected"
+            );
         }
     }
 
     #[test]
     fn uuid_rejects_path_tricks() {
-        for text in ["GPU-../../etc", "GPU-", "GPU-12/34", "gpu-1234", "MIG-ab", "GPU-a b"] {
-            assert!(DeviceUuid::gpu(text).is_err(), "{text:?} should be rejected");
+        for text in [
+            "GPU-../../etc",
+            "GPU-",
+            "GPU-12/34",
+            "gpu-1234",
+            "MIG-ab",
+            "GPU-a b",
+        ] {
+            assert!(
+                DeviceUuid::gpu(text).is_err(),
+                "{text:?} should be rejected"
+            );
         }
         assert!(DeviceUuid::mig("MIG-4b3a2c1d-0000-1111-2222-333344445555").is_ok());
-        assert!(DeviceUuid::gpu("GPU-4B3A2C1D-0000-1111-2222-333344445555").unwrap().as_str()
-            == "GPU-4b3a2c1d-0000-1111-2222-333344445555");
+        assert!(
+            DeviceUuid::gpu("GPU-4B3A2C1D-0000-1111-2222-333344445555")
+                .unwrap()
+                .as_str()
+                == "GPU-4b3a2c1d-0000-1111-2222-333344445555"
+        );
     }
 
     proptest! {

@@ -59,15 +59,25 @@ macro_rules! major_minor {
                         )))
                     }
                 };
-                let text = if text.contains('.') { text } else { format!("{text}.0") };
+                let text = if text.contains('.') {
+                    text
+                } else {
+                    format!("{text}.0")
+                };
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
     };
 }
 
-major_minor!(ComputeCapability, "A CUDA compute capability such as `9.0` (H100) or `7.5` (T4).");
-major_minor!(CudaVersion, "The CUDA driver API version the driver supports, such as `12.4`.");
+major_minor!(
+    ComputeCapability,
+    "A CUDA compute capability such as `9.0` (H100) or `7.5` (T4)."
+);
+major_minor!(
+    CudaVersion,
+    "The CUDA driver API version the driver supports, such as `12.4`."
+);
 
 impl CudaVersion {
     /// Converts NVML's integer form (`12040`) to `12.4`.
@@ -103,7 +113,9 @@ pub enum MigMode {
 pub enum Health {
     #[default]
     Healthy,
-    Unhealthy { reason: String },
+    Unhealthy {
+        reason: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -222,12 +234,10 @@ impl NodeInventory {
                     None => err.to_string(),
                 },
             })?;
-        inventory
-            .validated()
-            .map_err(|err| Error::InventoryFile {
-                path: path.to_owned(),
-                message: err.to_string(),
-            })
+        inventory.validated().map_err(|err| Error::InventoryFile {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })
     }
 
     /// Checks the invariants every consumer relies on and returns the inventory with GPUs sorted by
@@ -246,7 +256,10 @@ impl NodeInventory {
                 return Err(invalid(format!("GPU index {} appears twice", gpu.index)));
             }
             if gpu.uuid.is_mig() {
-                return Err(invalid(format!("GPU {} has a MIG UUID {}", gpu.index, gpu.uuid)));
+                return Err(invalid(format!(
+                    "GPU {} has a MIG UUID {}",
+                    gpu.index, gpu.uuid
+                )));
             }
             if !uuids.insert(gpu.uuid.clone()) {
                 return Err(invalid(format!("UUID {} appears twice", gpu.uuid)));
@@ -261,10 +274,16 @@ impl NodeInventory {
                 return Err(invalid(format!("device minor {} appears twice", gpu.minor)));
             }
             if !buses.insert(gpu.pci_bus_id) {
-                return Err(invalid(format!("PCI bus id {} appears twice", gpu.pci_bus_id)));
+                return Err(invalid(format!(
+                    "PCI bus id {} appears twice",
+                    gpu.pci_bus_id
+                )));
             }
             if gpu.product_name.trim().is_empty() {
-                return Err(invalid(format!("GPU {} has an empty product name", gpu.index)));
+                return Err(invalid(format!(
+                    "GPU {} has an empty product name",
+                    gpu.index
+                )));
             }
             if !gpu.mig_devices.is_empty() && gpu.mig_mode != Some(MigMode::Enabled) {
                 return Err(invalid(format!(
@@ -342,8 +361,12 @@ fn is_valid_mig_profile(profile: &str) -> bool {
         && slices.bytes().all(|b| b.is_ascii_digit())
         && memory.ends_with("gb")
         && memory.len() > 2
-        && memory[..memory.len() - 2].bytes().all(|b| b.is_ascii_digit())
-        && profile.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'+')
+        && memory[..memory.len() - 2]
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        && profile
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'+')
 }
 
 /// serde_yaml appends " at line L column C" to messages; the location is printed separately.
@@ -397,9 +420,18 @@ topology:
     fn parses_and_round_trips_byte_stable() {
         let inv = parse(TWO_GPUS).unwrap();
         assert_eq!(inv.gpus.len(), 2);
-        assert_eq!(inv.cuda_driver_version, Some(CudaVersion { major: 12, minor: 4 }));
+        assert_eq!(
+            inv.cuda_driver_version,
+            Some(CudaVersion {
+                major: 12,
+                minor: 4
+            })
+        );
         assert_eq!(inv.gpus[0].compute_capability.unwrap().to_string(), "7.5");
-        assert_eq!(inv.topology.link(0, 1), Some(Link::Pcie(crate::PcieDistance::Sys)));
+        assert_eq!(
+            inv.topology.link(0, 1),
+            Some(Link::Pcie(crate::PcieDistance::Sys))
+        );
         assert!(!inv.gpus[1].health.is_healthy());
         let yaml = inv.to_yaml().unwrap();
         let again = parse(&yaml).unwrap();
@@ -427,7 +459,11 @@ topology:
         let cases = [
             ("    minor: 1\n", "    minor: 0\n", "minor 0 appears twice"),
             ("index: 1", "index: 0", "index 0 appears twice"),
-            ("GPU-11111111-1111-1111-1111-111111111111", "GPU-00000000-0000-0000-0000-000000000000", "appears twice"),
+            (
+                "GPU-11111111-1111-1111-1111-111111111111",
+                "GPU-00000000-0000-0000-0000-000000000000",
+                "appears twice",
+            ),
             ("gpus: [1, 0]", "gpus: [1, 7]", "GPU 7"),
             ("gpus: [1, 0]", "gpus: [1, 1]", "to itself"),
             ("    minor: 1\n", "    minor: 255\n", "255 is nvidiactl"),
@@ -445,7 +481,15 @@ topology:
         for good in ["1g.10gb", "7g.80gb", "1g.10gb+me", "3g.40gb"] {
             assert!(is_valid_mig_profile(good), "{good}");
         }
-        for bad in ["", "1g", "g.10gb", "1g.gb", "../1g.5gb", "1g.5gb/x", "1g.10"] {
+        for bad in [
+            "",
+            "1g",
+            "g.10gb",
+            "1g.gb",
+            "../1g.5gb",
+            "1g.5gb/x",
+            "1g.10",
+        ] {
             assert!(!is_valid_mig_profile(bad), "{bad}");
         }
     }

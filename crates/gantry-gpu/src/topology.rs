@@ -182,7 +182,11 @@ impl Topology {
 
     /// Re-establishes the sorted, one-entry-per-pair invariant (after deserialising).
     pub(crate) fn normalised(self) -> Result<Self, Error> {
-        Self::from_pairs(self.links.into_iter().map(|l| (l.gpus[0], l.gpus[1], l.link)))
+        Self::from_pairs(
+            self.links
+                .into_iter()
+                .map(|l| (l.gpus[0], l.gpus[1], l.link)),
+        )
     }
 }
 
@@ -214,7 +218,8 @@ mod tests {
     #[test]
     fn pairs_are_symmetric_and_conflicts_rejected() {
         let nv = Link::NvLink { lanes: 4 };
-        let topo = Topology::from_pairs([(1, 0, nv), (0, 2, Link::Pcie(PcieDistance::Sys))]).unwrap();
+        let topo =
+            Topology::from_pairs([(1, 0, nv), (0, 2, Link::Pcie(PcieDistance::Sys))]).unwrap();
         assert_eq!(topo.link(0, 1), Some(nv));
         assert_eq!(topo.link(1, 0), Some(nv));
         assert_eq!(topo.link(1, 2), None);
