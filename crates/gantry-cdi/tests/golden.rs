@@ -2,6 +2,8 @@
 //! `tests/golden/` and must match byte for byte. Set `GANTRY_UPDATE_GOLDEN=1` to rewrite them after an
 //! intended change (and review the diff). Every golden file is also validated against the CDI JSON schema.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure with a message
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
