@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "gantry", version, about, long_about = None, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr; the level comes from RUST_LOG (default `info`).
+    /// Log format on stderr; the level comes from RUST_LOG (default `warn`, `info` for daemons).
     #[arg(
         long,
         global = true,
@@ -32,13 +32,20 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// List the node's GPUs, MIG devices and topology.
+    Gpus(cmd::gpus::Args),
+    /// Run a vector add on every GPU, check it against the CPU and report memory bandwidth.
+    Validate(cmd::validate::Args),
+}
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -48,9 +55,18 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    init_tracing(cli.log_format, cli.command.default_log_level());
     match run(cli.command) {
         Ok(code) => code,
+        // `gantry gpus | head` closes stdout early: that is the reader's choice, not an error.
+        Err(err)
+            if err
+                .chain()
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -58,6 +74,24 @@ fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// One-shot commands keep stderr quiet; long-running daemons log their progress.
+    fn default_log_level(&self) -> &'static str {
+        "warn"
+    }
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
+        Command::Validate(args) => {
+            if !cmd::validate::run(&args, &mut out)? {
+                eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,6 @@
 //! The NVML backend through the real dlopen and FFI path, against the fake NVML library.
+// Integration tests: helpers may unwrap, a panic is a test failure with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

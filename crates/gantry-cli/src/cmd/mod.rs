@@ -1,1 +1,5 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
+
+pub mod discovery_args;
+pub mod gpus;
+pub mod validate;
