@@ -37,6 +37,8 @@ enum Command {
     Gpus(cmd::gpus::Args),
     /// Run a vector add on every GPU, check it against the CPU and report memory bandwidth.
     Validate(cmd::validate::Args),
+    /// Container Device Interface specs: `gantry cdi generate`.
+    Cdi(cmd::cdi::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -86,6 +88,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
+        Command::Cdi(args) => cmd::cdi::run(&args, &mut out)?,
         Command::Validate(args) => {
             if !cmd::validate::run(&args, &mut out)? {
                 eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");
