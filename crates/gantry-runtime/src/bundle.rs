@@ -42,6 +42,14 @@ pub fn prepare_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Outcome> 
         column: err.column(),
         message: err.to_string(),
     })?;
+    if !original.is_object() {
+        return Err(Error::MalformedConfig {
+            path,
+            line: 1,
+            column: 1,
+            message: "the document must be a JSON object".to_owned(),
+        });
+    }
     let policy = RequestPolicy {
         accept_env_requests: config.accept_env_requests,
         default_kind: config
