@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-use crate::generate::Capability;
+use crate::generate::capability_of;
 use crate::request::Requests;
 use crate::spec::{ContainerEdits, DeviceNode, Hook, Mount};
 use crate::{Error, Kind, Result, Spec};
@@ -13,7 +13,7 @@ use crate::{Error, Kind, Result, Spec};
 ///
 /// `specs` come in priority order, lowest first: a later spec of the same kind replaces an earlier one
 /// (as `/var/run/cdi` overrides `/etc/cdi`). Each used spec's common edits are applied once. When
-/// `requests.capabilities` is narrowed, mounts a spec lists under other capabilities are left out.
+/// `requests.capabilities` is narrowed, mounts of driver files of other capabilities are left out.
 ///
 /// # Errors
 /// A kind with no spec, or a device name the kind's spec does not have; the message lists what exists.
@@ -47,12 +47,9 @@ pub fn collect_edits(specs: &[Spec], requests: &Requests) -> Result<ContainerEdi
                 ),
             })?;
         if used_kinds.insert(&spec.kind) {
-            merge(&mut edits, &filtered(spec, &spec.container_edits, requests));
+            merge(&mut edits, &filtered(&spec.container_edits, requests));
         }
-        merge(
-            &mut edits,
-            &filtered(spec, &device.container_edits, requests),
-        );
+        merge(&mut edits, &filtered(&device.container_edits, requests));
     }
     Ok(edits)
 }
@@ -66,32 +63,15 @@ fn list(items: impl Iterator<Item = String>) -> String {
     }
 }
 
-/// Drops mounts that belong to capabilities the request did not ask for.
-fn filtered(spec: &Spec, edits: &ContainerEdits, requests: &Requests) -> ContainerEdits {
+/// Drops mounts of driver files that belong to capabilities the request did not ask for.
+fn filtered(edits: &ContainerEdits, requests: &Requests) -> ContainerEdits {
     let Some(wanted) = &requests.capabilities else {
         return edits.clone();
     };
-    let mut unwanted = BTreeSet::new();
-    for capability in Capability::ALL {
-        if wanted.contains(&capability) {
-            continue;
-        }
-        if let Some(paths) = spec.annotations.get(&capability.annotation_key()) {
-            unwanted.extend(paths.split(',').map(str::to_owned));
-        }
-    }
-    // A path listed under a wanted capability stays even if another capability lists it too.
-    for capability in wanted {
-        if let Some(paths) = spec.annotations.get(&capability.annotation_key()) {
-            for path in paths.split(',') {
-                unwanted.remove(path);
-            }
-        }
-    }
     let mut edits = edits.clone();
     edits
         .mounts
-        .retain(|m| !unwanted.contains(&m.container_path));
+        .retain(|m| capability_of(&m.container_path).is_none_or(|c| wanted.contains(&c)));
     edits
 }
 
@@ -285,7 +265,6 @@ mod tests {
             r#"{
   "cdiVersion": "0.5.0",
   "kind": "nvidia.com/gpu",
-  "annotations": {"gantry.dev/capability.compute": "/lib/libcuda.so.1", "gantry.dev/capability.video": "/lib/libnvcuvid.so.1"},
   "devices": [
     {"name": "0", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0"}]}},
     {"name": "1", "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia1", "hostPath": "/r/dev/nvidia1"}]}}

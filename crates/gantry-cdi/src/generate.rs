@@ -39,12 +39,79 @@ impl Capability {
             Capability::Display => "display",
         }
     }
+}
 
-    /// The spec annotation that lists this capability's mounts (container paths, comma-separated), so a
-    /// runtime can honour `NVIDIA_DRIVER_CAPABILITIES` without knowing library names.
-    pub fn annotation_key(self) -> String {
-        format!("gantry.dev/capability.{}", self.as_str())
+/// Driver libraries by capability, by soname stem (the part before `.so`).
+pub const LIBRARIES: &[(Capability, &[&str])] = &[
+    (
+        Capability::Compute,
+        &[
+            "libcuda",
+            "libcudadebugger",
+            "libnvidia-ptxjitcompiler",
+            "libnvidia-nvvm",
+            "libnvidia-opencl",
+        ],
+    ),
+    (Capability::Utility, &["libnvidia-ml", "libnvidia-cfg"]),
+    (
+        Capability::Video,
+        &[
+            "libnvcuvid",
+            "libnvidia-encode",
+            "libnvidia-opticalflow",
+            "libvdpau_nvidia",
+        ],
+    ),
+    (
+        Capability::Graphics,
+        &[
+            "libEGL_nvidia",
+            "libGLESv1_CM_nvidia",
+            "libGLESv2_nvidia",
+            "libGLX_nvidia",
+            "libnvidia-eglcore",
+            "libnvidia-glcore",
+            "libnvidia-glsi",
+            "libnvidia-glvkspirv",
+            "libnvidia-gpucomp",
+            "libnvidia-rtcore",
+            "libnvidia-tls",
+            "libnvoptix",
+        ],
+    ),
+    (Capability::Display, &["libnvidia-fbc"]),
+];
+
+/// Driver binaries by capability.
+pub const BINARIES: &[(Capability, &[&str])] = &[
+    (
+        Capability::Utility,
+        &["nvidia-smi", "nvidia-debugdump", "nvidia-persistenced"],
+    ),
+    (
+        Capability::Compute,
+        &["nvidia-cuda-mps-control", "nvidia-cuda-mps-server"],
+    ),
+];
+
+/// The capability a driver file belongs to, by its file name (`libcuda.so.1`, `nvidia-smi`), or `None` for
+/// files of no capability (firmware, sockets, unknown libraries).
+///
+/// CDI 0.5.0 has no spec annotations (podman 4.3 refuses specs that carry them), so the runtime classifies
+/// mounts by name when it honours `NVIDIA_DRIVER_CAPABILITIES`.
+pub fn capability_of(path: &str) -> Option<Capability> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if let Some((stem, _)) = name.split_once(".so") {
+        return LIBRARIES
+            .iter()
+            .find(|(_, stems)| stems.contains(&stem))
+            .map(|(capability, _)| *capability);
     }
+    BINARIES
+        .iter()
+        .find(|(_, names)| names.contains(&name))
+        .map(|(capability, _)| *capability)
 }
 
 impl fmt::Display for Capability {
@@ -173,8 +240,8 @@ fn parent_dir(path: &str) -> Option<&str> {
 /// (so no legacy hook acts a second time) and the `createContainer` hook that refreshes the container's ld cache.
 ///
 /// # Guarantees
-/// The output depends only on the inputs: devices in GPU index order, mounts sorted by container path,
-/// annotations in a sorted map. The spec passes [`Spec::validate`].
+/// The output depends only on the inputs: devices in GPU index order, mounts sorted by container path.
+/// No spec annotations (a CDI 0.6.0 feature that podman 4.3 refuses). The spec passes [`Spec::validate`].
 ///
 /// # Errors
 /// Invalid device names (cannot happen for a validated inventory) and invalid paths in `files`.
@@ -246,28 +313,16 @@ pub fn generate(
         .collect();
     common.device_nodes.sort_by(|a, b| a.path.cmp(&b.path));
 
-    let mut annotations = BTreeMap::new();
     let mut mounts: BTreeMap<String, Mount> = BTreeMap::new();
     let mut library_dirs = BTreeSet::new();
-    for capability in Capability::ALL {
-        let mut paths = BTreeSet::new();
-        for file in files.libraries.get(&capability).into_iter().flatten() {
-            if let Some(dir) = parent_dir(&file.container_path) {
-                library_dirs.insert(dir.to_owned());
-            }
-            paths.insert(file.container_path.clone());
-            mounts.insert(file.container_path.clone(), mount(file, READ_ONLY));
+    for file in files.libraries.values().flatten() {
+        if let Some(dir) = parent_dir(&file.container_path) {
+            library_dirs.insert(dir.to_owned());
         }
-        for file in files.binaries.get(&capability).into_iter().flatten() {
-            paths.insert(file.container_path.clone());
-            mounts.insert(file.container_path.clone(), mount(file, READ_ONLY));
-        }
-        if !paths.is_empty() {
-            annotations.insert(
-                capability.annotation_key(),
-                paths.into_iter().collect::<Vec<_>>().join(","),
-            );
-        }
+        mounts.insert(file.container_path.clone(), mount(file, READ_ONLY));
+    }
+    for file in files.binaries.values().flatten() {
+        mounts.insert(file.container_path.clone(), mount(file, READ_ONLY));
     }
     for file in &files.firmware {
         mounts.insert(file.container_path.clone(), mount(file, READ_ONLY));
@@ -301,7 +356,7 @@ pub fn generate(
     let spec = Spec {
         cdi_version: CDI_VERSION.to_owned(),
         kind: options.kind.clone(),
-        annotations,
+        annotations: BTreeMap::new(),
         devices,
         container_edits: common,
     };
@@ -331,6 +386,29 @@ mod tests {
             assert_eq!(c.as_str().parse::<Capability>().unwrap(), c);
         }
         assert!("computer".parse::<Capability>().is_err());
+    }
+
+    #[test]
+    fn files_map_to_capabilities() {
+        assert_eq!(
+            capability_of("/usr/lib/libcuda.so.1"),
+            Some(Capability::Compute)
+        );
+        assert_eq!(
+            capability_of("libcuda.so.550.54.15"),
+            Some(Capability::Compute)
+        );
+        assert_eq!(
+            capability_of("libnvidia-ml.so.1"),
+            Some(Capability::Utility)
+        );
+        assert_eq!(
+            capability_of("/usr/bin/nvidia-smi"),
+            Some(Capability::Utility)
+        );
+        assert_eq!(capability_of("libcudart.so.12"), None);
+        assert_eq!(capability_of("libnvidia-mlx.so.1"), None);
+        assert_eq!(capability_of("/lib/firmware/nvidia/1/gsp.bin"), None);
     }
 
     #[test]

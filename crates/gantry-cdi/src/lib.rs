@@ -10,7 +10,8 @@ mod spec;
 pub use edits::{apply_edits, collect_edits};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, host_path, Capability, DriverFiles, GenerateOptions, HostFile, NamingStrategy,
+    capability_of, generate, host_path, Capability, DriverFiles, GenerateOptions, HostFile,
+    NamingStrategy, BINARIES, LIBRARIES,
 };
 pub use name::{check_device_name, Kind, QualifiedName};
 pub use request::{

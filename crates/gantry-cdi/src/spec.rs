@@ -186,6 +186,14 @@ impl Spec {
                 READABLE_VERSIONS.join(", ")
             )));
         }
+        let has_annotations =
+            !self.annotations.is_empty() || self.devices.iter().any(|d| !d.annotations.is_empty());
+        if has_annotations && matches!(self.cdi_version.as_str(), "0.3.0" | "0.4.0" | "0.5.0") {
+            return Err(invalid(format!(
+                "annotations need cdiVersion 0.6.0 or later, this spec says {}",
+                self.cdi_version
+            )));
+        }
         let mut names = BTreeSet::new();
         validate_edits(&self.container_edits, "containerEdits")?;
         for device in &self.devices {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use gantry_cdi::{Capability, DriverFiles, HostFile};
+use gantry_cdi::{Capability, DriverFiles, HostFile, BINARIES};
 
 use crate::ldcache::{self, FLAG_ARCH_MASK, FLAG_TYPE_MASK};
 use crate::root_path::resolve_in_root;
@@ -16,60 +16,6 @@ pub const CONTROL_NODES: &[&str] = &[
     "/dev/nvidia-uvm",
     "/dev/nvidia-uvm-tools",
     "/dev/nvidia-modeset",
-];
-
-/// Driver libraries by capability, by soname prefix (the part before `.so`).
-pub const LIBRARIES: &[(Capability, &[&str])] = &[
-    (
-        Capability::Compute,
-        &[
-            "libcuda",
-            "libcudadebugger",
-            "libnvidia-ptxjitcompiler",
-            "libnvidia-nvvm",
-            "libnvidia-opencl",
-        ],
-    ),
-    (Capability::Utility, &["libnvidia-ml", "libnvidia-cfg"]),
-    (
-        Capability::Video,
-        &[
-            "libnvcuvid",
-            "libnvidia-encode",
-            "libnvidia-opticalflow",
-            "libvdpau_nvidia",
-        ],
-    ),
-    (
-        Capability::Graphics,
-        &[
-            "libEGL_nvidia",
-            "libGLESv1_CM_nvidia",
-            "libGLESv2_nvidia",
-            "libGLX_nvidia",
-            "libnvidia-eglcore",
-            "libnvidia-glcore",
-            "libnvidia-glsi",
-            "libnvidia-glvkspirv",
-            "libnvidia-gpucomp",
-            "libnvidia-rtcore",
-            "libnvidia-tls",
-            "libnvoptix",
-        ],
-    ),
-    (Capability::Display, &["libnvidia-fbc"]),
-];
-
-/// Driver binaries by capability.
-pub const BINARIES: &[(Capability, &[&str])] = &[
-    (
-        Capability::Utility,
-        &["nvidia-smi", "nvidia-debugdump", "nvidia-persistenced"],
-    ),
-    (
-        Capability::Compute,
-        &["nvidia-cuda-mps-control", "nvidia-cuda-mps-server"],
-    ),
 ];
 
 /// Where libraries are looked for when the ld cache names none (inside the root).
@@ -89,17 +35,11 @@ const BINARY_SEARCH_PATH: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin"];
 /// IPC endpoints: the persistenced socket and the MPS pipe directory.
 pub const IPC_PATHS: &[&str] = &["/run/nvidia-persistenced/socket", "/tmp/nvidia-mps"];
 
-/// The soname prefix a file name belongs to: `libcuda.so.1` → `libcuda`.
-fn library_stem(name: &str) -> Option<&str> {
-    name.split_once(".so").map(|(stem, _)| stem)
-}
-
+/// The capability of a driver library file name; `None` for other files.
 fn capability_of(name: &str) -> Option<Capability> {
-    let stem = library_stem(name)?;
-    LIBRARIES
-        .iter()
-        .find(|(_, stems)| stems.contains(&stem))
-        .map(|(capability, _)| *capability)
+    name.contains(".so")
+        .then(|| gantry_cdi::capability_of(name))
+        .flatten()
 }
 
 /// Finds the driver's files under `root`.

@@ -35,7 +35,10 @@ impl RuncArgs {
                 if let Some(value) = iter.next() {
                     return PathBuf::from(value);
                 }
-            } else if let Some(value) = text.strip_prefix("--bundle=").or_else(|| text.strip_prefix("-b=")) {
+            } else if let Some(value) = text
+                .strip_prefix("--bundle=")
+                .or_else(|| text.strip_prefix("-b="))
+            {
                 return PathBuf::from(value);
             }
         }
@@ -83,7 +86,9 @@ pub fn parse(args: &[OsString]) -> Result<RuncArgs, String> {
             None => (flag.clone(), None),
         };
         let value = if GLOBAL_VALUE_FLAGS.contains(&name.as_str()) && inline.is_none() {
-            let value = args.get(i + 1).ok_or_else(|| format!("{name} needs a value"))?;
+            let value = args
+                .get(i + 1)
+                .ok_or_else(|| format!("{name} needs a value"))?;
             out.forwarded.push(value.clone());
             i += 1;
             Some(value.to_string_lossy().into_owned())
@@ -117,9 +122,21 @@ mod tests {
     #[test]
     fn docker_style_create() {
         let args = os(&[
-            "--gantry-config", "/etc/g.yaml", "--root", "/run/docker/runtime-runc/moby", "--log",
-            "/run/x/log.json", "--log-format", "json", "--systemd-cgroup", "create", "--bundle",
-            "/run/x/b", "--pid-file", "/run/x/pid", "abc",
+            "--gantry-config",
+            "/etc/g.yaml",
+            "--root",
+            "/run/docker/runtime-runc/moby",
+            "--log",
+            "/run/x/log.json",
+            "--log-format",
+            "json",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/run/x/b",
+            "--pid-file",
+            "/run/x/pid",
+            "abc",
         ]);
         let parsed = parse(&args).unwrap();
         assert_eq!(parsed.config, Some(PathBuf::from("/etc/g.yaml")));
@@ -127,7 +144,11 @@ mod tests {
         assert_eq!(parsed.log, Some(PathBuf::from("/run/x/log.json")));
         assert_eq!(parsed.log_format.as_deref(), Some("json"));
         assert_eq!(parsed.bundle(), PathBuf::from("/run/x/b"));
-        assert_eq!(parsed.forwarded, args[2..].to_vec(), "everything but our own flag goes on");
+        assert_eq!(
+            parsed.forwarded,
+            args[2..].to_vec(),
+            "everything but our own flag goes on"
+        );
     }
 
     #[test]
@@ -138,9 +159,16 @@ mod tests {
             (vec!["run", "id"], "."),
             (vec!["--debug", "create", "id"], "."),
         ] {
-            assert_eq!(parse(&os(&args)).unwrap().bundle(), PathBuf::from(bundle), "{args:?}");
+            assert_eq!(
+                parse(&os(&args)).unwrap().bundle(),
+                PathBuf::from(bundle),
+                "{args:?}"
+            );
         }
-        assert_eq!(parse(&os(&["--log=/l", "state", "x"])).unwrap().log, Some(PathBuf::from("/l")));
+        assert_eq!(
+            parse(&os(&["--log=/l", "state", "x"])).unwrap().log,
+            Some(PathBuf::from("/l"))
+        );
     }
 
     #[test]

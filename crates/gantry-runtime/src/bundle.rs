@@ -52,13 +52,15 @@ pub fn prepare_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Outcome> 
     }
     let policy = RequestPolicy {
         accept_env_requests: config.accept_env_requests,
-        default_kind: config
-            .default_kind
-            .parse()
-            .map_err(|source| Error::Cdi { path: path.clone(), source })?,
+        default_kind: config.default_kind.parse().map_err(|source| Error::Cdi {
+            path: path.clone(),
+            source,
+        })?,
     };
-    let requests = requests_from_config(&original, &policy)
-        .map_err(|source| Error::Cdi { path: path.clone(), source })?;
+    let requests = requests_from_config(&original, &policy).map_err(|source| Error::Cdi {
+        path: path.clone(),
+        source,
+    })?;
     if requests.is_empty() {
         tracing::debug!(bundle = %bundle.display(), "no device requested");
         return Ok(Outcome::NoRequest);
@@ -71,7 +73,10 @@ pub fn prepare_bundle(bundle: &Path, config: &RuntimeConfig) -> Result<Outcome> 
     let devices: Vec<String> = requests.devices.iter().map(ToString::to_string).collect();
     resolve_device_nodes(&mut edits, &devices.join(","))?;
     let mut edited = original;
-    apply_edits(&mut edited, &edits).map_err(|source| Error::Cdi { path: path.clone(), source })?;
+    apply_edits(&mut edited, &edits).map_err(|source| Error::Cdi {
+        path: path.clone(),
+        source,
+    })?;
     let mut text = serde_json::to_vec(&edited).map_err(|err| Error::MalformedConfig {
         path: path.clone(),
         line: 0,
@@ -94,14 +99,16 @@ fn resolve_device_nodes(edits: &mut ContainerEdits, devices: &str) -> Result<()>
         if node.node_type.is_some() && node.major.is_some() && node.minor.is_some() {
             continue;
         }
-        let numbers = gantry_driver::device_numbers(Path::new(node.host_path())).map_err(|source| {
-            Error::DeviceNode {
-                path: node.host_path().to_owned(),
-                device: devices.to_owned(),
-                source,
-            }
-        })?;
-        node.node_type.get_or_insert_with(|| numbers.node_type.to_string());
+        let numbers =
+            gantry_driver::device_numbers(Path::new(node.host_path())).map_err(|source| {
+                Error::DeviceNode {
+                    path: node.host_path().to_owned(),
+                    device: devices.to_owned(),
+                    source,
+                }
+            })?;
+        node.node_type
+            .get_or_insert_with(|| numbers.node_type.to_string());
         node.major.get_or_insert(i64::from(numbers.major));
         node.minor.get_or_insert(i64::from(numbers.minor));
         node.file_mode.get_or_insert(numbers.mode);
@@ -129,7 +136,8 @@ pub fn find_lower_runtime(name: &str, search_path: Option<&str>) -> Result<PathB
             })
         };
     }
-    let dirs = search_path.unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let dirs =
+        search_path.unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     dirs.split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
@@ -146,10 +154,21 @@ mod tests {
 
     #[test]
     fn lower_runtime_lookup() {
-        assert_eq!(find_lower_runtime("sh", Some("/nonexistent:/bin")).unwrap(), PathBuf::from("/bin/sh"));
-        let err = find_lower_runtime("no-such-runtime", Some("/bin")).unwrap_err().to_string();
-        assert!(err.contains("no-such-runtime") && err.contains("lower-runtime"), "{err}");
+        assert_eq!(
+            find_lower_runtime("sh", Some("/nonexistent:/bin")).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let err = find_lower_runtime("no-such-runtime", Some("/bin"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no-such-runtime") && err.contains("lower-runtime"),
+            "{err}"
+        );
         assert!(find_lower_runtime("/nonexistent/runc", None).is_err());
-        assert!(find_lower_runtime("/etc/passwd", None).is_err(), "not executable");
+        assert!(
+            find_lower_runtime("/etc/passwd", None).is_err(),
+            "not executable"
+        );
     }
 }

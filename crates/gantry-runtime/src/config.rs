@@ -73,7 +73,9 @@ impl RuntimeConfig {
     pub fn load(path: &Path, required: bool) -> Result<Self> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Self::default())
+            }
             Err(err) => Err(Error::io(path)(err)),
         }
     }
@@ -88,7 +90,10 @@ mod tests {
         let config = RuntimeConfig::parse("", Path::new("r.yaml")).unwrap();
         assert!(!config.accept_env_requests);
         assert_eq!(config.lower_runtime, "runc");
-        assert_eq!(config.spec_dirs, [PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]);
+        assert_eq!(
+            config.spec_dirs,
+            [PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]
+        );
     }
 
     #[test]
@@ -101,7 +106,10 @@ mod tests {
         assert!(config.accept_env_requests);
         assert_eq!(config.spec_dirs, [PathBuf::from("/tmp/cdi")]);
         let err = RuntimeConfig::parse("accept-env: true\n", Path::new("r.yaml")).unwrap_err();
-        assert!(err.to_string().contains("r.yaml") && err.to_string().contains("accept-env"), "{err}");
+        assert!(
+            err.to_string().contains("r.yaml") && err.to_string().contains("accept-env"),
+            "{err}"
+        );
         assert!(RuntimeConfig::parse("default-kind: gpu\n", Path::new("r.yaml")).is_err());
         assert!(RuntimeConfig::load(Path::new("/nonexistent/r.yaml"), false).is_ok());
         assert!(RuntimeConfig::load(Path::new("/nonexistent/r.yaml"), true).is_err());

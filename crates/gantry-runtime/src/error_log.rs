@@ -13,7 +13,11 @@ pub fn error_line(message: &str, now: SystemTime) -> String {
 /// Appends the error line to `log` (creating it); failures to log are ignored, the caller still exits non-zero.
 pub fn write_error_line(log: &Path, message: &str, now: SystemTime) {
     let line = error_line(message, now);
-    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = file.write_all(line.as_bytes());
     }
 }
@@ -48,8 +52,14 @@ mod tests {
     #[test]
     fn times_and_lines() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_677_436)), "2024-03-05T22:23:56Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_677_436)),
+            "2024-03-05T22:23:56Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
         let line = error_line("bad \"x\"", UNIX_EPOCH);
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["level"], "error");

@@ -17,7 +17,8 @@ pub fn rootfs_from_state(state: &mut dyn Read) -> Result<PathBuf> {
     state
         .read_to_string(&mut text)
         .map_err(|err| Error::HookState(err.to_string()))?;
-    let state: Value = serde_json::from_str(&text).map_err(|err| Error::HookState(err.to_string()))?;
+    let state: Value =
+        serde_json::from_str(&text).map_err(|err| Error::HookState(err.to_string()))?;
     let bundle = state
         .get("bundle")
         .and_then(Value::as_str)
@@ -52,7 +53,9 @@ pub fn update_ldcache(rootfs: &Path, folders: &[String]) -> Result<usize> {
     let mut entries = Vec::new();
     for folder in folders {
         if !folder.starts_with('/') {
-            return Err(Error::Usage(format!("--folder {folder:?} must be an absolute container path")));
+            return Err(Error::Usage(format!(
+                "--folder {folder:?} must be an absolute container path"
+            )));
         }
         let dir = resolve_in_root(rootfs, Path::new(folder))?;
         let listing = match std::fs::read_dir(&dir) {
@@ -78,7 +81,9 @@ pub fn update_ldcache(rootfs: &Path, folders: &[String]) -> Result<usize> {
     if let Ok(bytes) = std::fs::read(&cache_path) {
         match ldcache::parse(&bytes) {
             Ok((_, existing)) => entries.extend(existing),
-            Err(reason) => tracing::warn!("replacing unreadable {}: {reason}", cache_path.display()),
+            Err(reason) => {
+                tracing::warn!("replacing unreadable {}: {reason}", cache_path.display())
+            }
         }
     }
     if let Some(dir) = cache_path.parent() {
@@ -109,7 +114,10 @@ mod tests {
         std::os::unix::fs::symlink(&outside, rootfs.join("etc")).unwrap();
         let count = update_ldcache(&rootfs, &["/usr/lib/x86_64-linux-gnu".to_owned()]).unwrap();
         assert_eq!(count, 1);
-        assert!(!outside.join("ld.so.cache").exists(), "the hook followed a link out of the rootfs");
+        assert!(
+            !outside.join("ld.so.cache").exists(),
+            "the hook followed a link out of the rootfs"
+        );
         let written = resolve_in_root(&rootfs, Path::new("/etc/ld.so.cache")).unwrap();
         assert!(written.starts_with(&rootfs));
         let (_, entries) = ldcache::parse(&std::fs::read(written).unwrap()).unwrap();
@@ -119,9 +127,16 @@ mod tests {
     #[test]
     fn state_must_name_a_bundle() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), r#"{"root": {"path": "rootfs"}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"root": {"path": "rootfs"}}"#,
+        )
+        .unwrap();
         let state = format!(r#"{{"bundle": "{}", "pid": 1}}"#, dir.path().display());
-        assert_eq!(rootfs_from_state(&mut state.as_bytes()).unwrap(), dir.path().join("rootfs"));
+        assert_eq!(
+            rootfs_from_state(&mut state.as_bytes()).unwrap(),
+            dir.path().join("rootfs")
+        );
         assert!(rootfs_from_state(&mut &b"{}"[..]).is_err());
         assert!(rootfs_from_state(&mut &b"nope"[..]).is_err());
         assert!(update_ldcache(dir.path(), &["relative".to_owned()]).is_err());

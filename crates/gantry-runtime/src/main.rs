@@ -56,7 +56,9 @@ fn main() -> ExitCode {
             Err(err) => fail(&err, None),
         };
     }
-    if matches!(parsed.subcommand.as_deref(), Some("--help" | "help")) || argv.iter().any(|a| a == "--gantry-help") {
+    if matches!(parsed.subcommand.as_deref(), Some("--help" | "help"))
+        || argv.iter().any(|a| a == "--gantry-help")
+    {
         eprint!("{USAGE}");
         return ExitCode::SUCCESS;
     }
@@ -80,19 +82,29 @@ fn shim(parsed: &RuncArgs, config: &RuntimeConfig) -> Result<std::convert::Infal
         .arg0(&config.lower_runtime)
         .args(&parsed.forwarded)
         .exec();
-    Err(Error::Exec { path: lower, source: err })
+    Err(Error::Exec {
+        path: lower,
+        source: err,
+    })
 }
 
 fn run_hook(parsed: &RuncArgs) -> Result<(), Error> {
     let mut rest = parsed.rest.iter().map(|a| a.to_string_lossy().into_owned());
     match rest.next().as_deref() {
         Some("update-ldcache") => {}
-        other => return Err(Error::Usage(format!("unknown hook {other:?}; the hook is update-ldcache"))),
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown hook {other:?}; the hook is update-ldcache"
+            )))
+        }
     }
     let mut folders = Vec::new();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
-            "--folder" => folders.push(rest.next().ok_or_else(|| Error::Usage("--folder needs a path".to_owned()))?),
+            "--folder" => folders.push(
+                rest.next()
+                    .ok_or_else(|| Error::Usage("--folder needs a path".to_owned()))?,
+            ),
             other => match other.strip_prefix("--folder=") {
                 Some(folder) => folders.push(folder.to_owned()),
                 None => return Err(Error::Usage(format!("unknown hook argument {other:?}"))),
@@ -120,8 +132,15 @@ fn init_logging(config: &RuntimeConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match &config.log_file {
         Some(path) => {
-            let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(path) else {
-                eprintln!("gantry-runtime: cannot open log file {}; logging to stderr", path.display());
+            let Ok(file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            else {
+                eprintln!(
+                    "gantry-runtime: cannot open log file {}; logging to stderr",
+                    path.display()
+                );
                 return;
             };
             let _ = tracing_subscriber::fmt()

@@ -51,15 +51,38 @@ fn assert_rejected(node: &Node, case: &Case) {
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "{}: the shim accepted it\n{stderr}", case.name);
-    assert!(stderr.contains(case.expected), "{}: expected {:?} in\n{stderr}", case.name, case.expected);
-    assert!(text(&out.stdout).is_empty(), "{}: stdout belongs to the container", case.name);
-    let line = std::fs::read_to_string(&log).unwrap_or_else(|_| panic!("{}: no --log line", case.name));
+    assert!(
+        !out.status.success(),
+        "{}: the shim accepted it\n{stderr}",
+        case.name
+    );
+    assert!(
+        stderr.contains(case.expected),
+        "{}: expected {:?} in\n{stderr}",
+        case.name,
+        case.expected
+    );
+    assert!(
+        text(&out.stdout).is_empty(),
+        "{}: stdout belongs to the container",
+        case.name
+    );
+    let line =
+        std::fs::read_to_string(&log).unwrap_or_else(|_| panic!("{}: no --log line", case.name));
     let value: Value = serde_json::from_str(line.trim()).unwrap();
     assert_eq!(value["level"], "error", "{}", case.name);
-    assert!(value["msg"].as_str().unwrap().contains(case.expected), "{}: {line}", case.name);
+    assert!(
+        value["msg"].as_str().unwrap().contains(case.expected),
+        "{}: {line}",
+        case.name
+    );
     assert!(value["time"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), case.config_json, "{}: config.json changed", case.name);
+    assert_eq!(
+        std::fs::read_to_string(&config_path).unwrap(),
+        case.config_json,
+        "{}: config.json changed",
+        case.name
+    );
 }
 
 #[test]
@@ -68,8 +91,16 @@ fn bad_requests_are_refused_and_config_json_is_unchanged() {
     node.write_config(true, "/bin/true");
     let kind = node.kind.clone();
     let cases = [
-        Case { name: "malformed", config_json: "{\"process\": {\"env\": [\n".to_owned(), expected: "malformed JSON at line" },
-        Case { name: "not-an-object", config_json: "[1, 2]".to_owned(), expected: "must be a JSON object" },
+        Case {
+            name: "malformed",
+            config_json: "{\"process\": {\"env\": [\n".to_owned(),
+            expected: "malformed JSON at line",
+        },
+        Case {
+            name: "not-an-object",
+            config_json: "[1, 2]".to_owned(),
+            expected: "must be a JSON object",
+        },
         Case {
             name: "gpu-7-of-2",
             config_json: config_with(json!({}), &["NVIDIA_VISIBLE_DEVICES=7"], json!([])),
@@ -77,12 +108,20 @@ fn bad_requests_are_refused_and_config_json_is_unchanged() {
         },
         Case {
             name: "annotation-dotdot",
-            config_json: config_with(json!({"cdi.k8s.io/x": format!("{kind}=../../../etc/passwd")}), &[], json!([])),
+            config_json: config_with(
+                json!({"cdi.k8s.io/x": format!("{kind}=../../../etc/passwd")}),
+                &[],
+                json!([]),
+            ),
             expected: "invalid CDI device name",
         },
         Case {
             name: "annotation-absolute",
-            config_json: config_with(json!({"cdi.k8s.io/x": "/etc/cdi/evil.json"}), &[], json!([])),
+            config_json: config_with(
+                json!({"cdi.k8s.io/x": "/etc/cdi/evil.json"}),
+                &[],
+                json!([]),
+            ),
             expected: "expected VENDOR/CLASS=NAME",
         },
         Case {
@@ -106,7 +145,11 @@ fn bad_requests_are_refused_and_config_json_is_unchanged() {
         },
         Case {
             name: "unknown-kind",
-            config_json: config_with(json!({"cdi.k8s.io/x": "other.example.com/gpu=0"}), &[], json!([])),
+            config_json: config_with(
+                json!({"cdi.k8s.io/x": "other.example.com/gpu=0"}),
+                &[],
+                json!([]),
+            ),
             expected: "no CDI spec for kind other.example.com/gpu",
         },
     ];
@@ -121,12 +164,20 @@ fn a_missing_lower_runtime_is_refused_before_config_json_is_touched() {
     node.write_config(true, "/nonexistent/bin/runc");
     let case = Case {
         name: "missing-lower",
-        config_json: config_with(json!({"cdi.k8s.io/x": format!("{}=0", node.kind)}), &[], json!([])),
+        config_json: config_with(
+            json!({"cdi.k8s.io/x": format!("{}=0", node.kind)}),
+            &[],
+            json!([]),
+        ),
         expected: "lower runtime \"/nonexistent/bin/runc\" not found",
     };
     assert_rejected(&node, &case);
     node.write_config(true, "no-such-runtime-gantry");
-    let case = Case { name: "missing-lower-path", expected: "set `lower-runtime`", ..case };
+    let case = Case {
+        name: "missing-lower-path",
+        expected: "set `lower-runtime`",
+        ..case
+    };
     assert_rejected(&node, &case);
 }
 
@@ -138,7 +189,11 @@ fn an_unreadable_driver_root_is_refused() {
     std::fs::remove_dir_all(node.driver_root.path().join("dev")).unwrap();
     let case = Case {
         name: "gone-root",
-        config_json: config_with(json!({"cdi.k8s.io/x": format!("{}=1", node.kind)}), &[], json!([])),
+        config_json: config_with(
+            json!({"cdi.k8s.io/x": format!("{}=1", node.kind)}),
+            &[],
+            json!([]),
+        ),
         expected: "regenerate the spec",
     };
     assert_rejected(&node, &case);
@@ -151,7 +206,11 @@ fn a_broken_spec_file_is_named_when_a_request_fails() {
     std::fs::write(&node.spec_path, "cdiVersion: 0.5.0\nkind: broken\n").unwrap();
     let case = Case {
         name: "broken-spec",
-        config_json: config_with(json!({"cdi.k8s.io/x": format!("{}=0", node.kind)}), &[], json!([])),
+        config_json: config_with(
+            json!({"cdi.k8s.io/x": format!("{}=0", node.kind)}),
+            &[],
+            json!([]),
+        ),
         expected: "unreadable CDI spec files",
     };
     assert_rejected(&node, &case);

@@ -23,31 +23,62 @@ fn gpu_1_by_cdi_annotation_gets_exactly_its_node_and_the_driver() {
     let mut config = read_json(&bundle.join("config.json"));
     config["annotations"] = json!({"cdi.k8s.io/test": format!("{}=1", node.kind)});
     // /dev/nvidia0 exists in the container but the device cgroup does not allow it.
-    config["linux"]["devices"] = json!([{"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0, "fileMode": 438}]);
+    config["linux"]["devices"] =
+        json!([{"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0, "fileMode": 438}]);
     write_json(&bundle.join("config.json"), &config);
 
     let id = unique_id("gpu1");
     let out = node.shim(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}", std::fs::read_to_string(&node.log_file).unwrap_or_default());
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}",
+        std::fs::read_to_string(&node.log_file).unwrap_or_default()
+    );
     let all = format!("{stdout}{stderr}");
     let uvm = format!("{:x}", node.driver_root.uvm_major);
-    assert!(all.contains("STAT /dev/nvidia1 character special file c3:1"), "{all}");
-    assert!(all.contains("STAT /dev/nvidiactl character special file c3:ff"), "{all}");
-    assert!(all.contains(&format!("STAT /dev/nvidia-uvm character special file {uvm}:0")), "{all}");
-    assert!(all.contains(&format!("LIB {}", stand_in_content("libcuda.so.1").trim())), "{all}");
-    assert!(all.contains("can't open '/dev/nvidia1': No such device or address"), "allowed node: ENXIO\n{all}");
-    assert!(all.contains("can't open '/dev/nvidia0': Operation not permitted"), "denied node: EPERM\n{all}");
-    assert!(!stdout.contains("nvidia2") && !stdout.contains("nvidia3"), "{stdout}");
+    assert!(
+        all.contains("STAT /dev/nvidia1 character special file c3:1"),
+        "{all}"
+    );
+    assert!(
+        all.contains("STAT /dev/nvidiactl character special file c3:ff"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "STAT /dev/nvidia-uvm character special file {uvm}:0"
+        )),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("LIB {}", stand_in_content("libcuda.so.1").trim())),
+        "{all}"
+    );
+    assert!(
+        all.contains("can't open '/dev/nvidia1': No such device or address"),
+        "allowed node: ENXIO\n{all}"
+    );
+    assert!(
+        all.contains("can't open '/dev/nvidia0': Operation not permitted"),
+        "denied node: EPERM\n{all}"
+    );
+    assert!(
+        !stdout.contains("nvidia2") && !stdout.contains("nvidia3"),
+        "{stdout}"
+    );
     assert!(all.contains("ENV void"), "{all}");
     assert!(all.contains("END"));
 
     // The createContainer hook wrote the container's ld cache, naming the mounted libraries.
-    let cache = std::fs::read(bundle.join("rootfs/etc/ld.so.cache")).expect("hook wrote /etc/ld.so.cache");
+    let cache =
+        std::fs::read(bundle.join("rootfs/etc/ld.so.cache")).expect("hook wrote /etc/ld.so.cache");
     let (_, entries) = gantry_driver::ldcache::parse(&cache).unwrap();
     assert!(
-        entries.iter().any(|e| e.name == "libcuda.so.1" && e.path == format!("{LIB}/libcuda.so.1")),
+        entries
+            .iter()
+            .any(|e| e.name == "libcuda.so.1" && e.path == format!("{LIB}/libcuda.so.1")),
         "{entries:?}"
     );
     let _ = node.shim(&["delete", "--force", &id]);
@@ -59,7 +90,10 @@ fn no_request_gets_nothing_even_when_the_image_says_all() {
     let node = Node::new("runc-none", 2, false);
     let bundle = node.bundle("bundle", &format!("ls /dev; ls {LIB}; echo END"));
     let mut config = read_json(&bundle.join("config.json"));
-    config["process"]["env"].as_array_mut().unwrap().push(json!("NVIDIA_VISIBLE_DEVICES=all"));
+    config["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("NVIDIA_VISIBLE_DEVICES=all"));
     write_json(&bundle.join("config.json"), &config);
     let before = std::fs::read(bundle.join("config.json")).unwrap();
 
@@ -70,7 +104,11 @@ fn no_request_gets_nothing_even_when_the_image_says_all() {
     assert!(stdout.contains("END"));
     assert!(!stdout.contains("nvidia"), "{stdout}");
     assert!(!stdout.contains("libcuda"), "{stdout}");
-    assert_eq!(std::fs::read(bundle.join("config.json")).unwrap(), before, "config.json untouched");
+    assert_eq!(
+        std::fs::read(bundle.join("config.json")).unwrap(),
+        before,
+        "config.json untouched"
+    );
     let _ = node.shim(&["delete", "--force", &id]);
 }
 
@@ -88,9 +126,18 @@ fn env_request_is_honoured_when_accepted() {
     let out = node.shim(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("nvidia0") && !stdout.contains("nvidia1"), "{stdout}");
-    assert!(stdout.contains("libnvidia-ml.so.1"), "utility libraries: {stdout}");
-    assert!(!stdout.contains("libcuda.so.1"), "compute was not asked for: {stdout}");
+    assert!(
+        stdout.contains("nvidia0") && !stdout.contains("nvidia1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("libnvidia-ml.so.1"),
+        "utility libraries: {stdout}"
+    );
+    assert!(
+        !stdout.contains("libcuda.so.1"),
+        "compute was not asked for: {stdout}"
+    );
     let _ = node.shim(&["delete", "--force", &id]);
 }
 
@@ -104,5 +151,9 @@ fn other_subcommands_pass_straight_through() {
     assert_eq!(text(&out.stdout).trim(), "null");
     let out = node.shim(&["state", "no-such-container"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("container does not exist"), "runc's own error: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("container does not exist"),
+        "runc's own error: {}",
+        text(&out.stderr)
+    );
 }

@@ -45,7 +45,12 @@ pub struct GenerateArgs {
     pub kind: String,
 
     /// How devices are named.
-    #[arg(long, value_enum, default_value = "index", env = "GANTRY_CDI_DEVICE_NAME_STRATEGY")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "index",
+        env = "GANTRY_CDI_DEVICE_NAME_STRATEGY"
+    )]
     pub device_name_strategy: NameStrategyArg,
 
     /// Where to write the spec (`-` for stdout), e.g. /etc/cdi/nvidia.yaml; written atomically.

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use gantry_cdi::{GenerateOptions, NamingStrategy};
-use gantry_testkit::{busybox_rootfs, is_root, load_inventory, DriverLibraries, DriverRoot, DriverRootBuilder};
+use gantry_testkit::{
+    busybox_rootfs, is_root, load_inventory, DriverLibraries, DriverRoot, DriverRootBuilder,
+};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -55,8 +57,14 @@ pub fn requirements(tools: &[&str]) -> Option<String> {
     if missing.is_empty() {
         return None;
     }
-    let reason = format!("needs {} (run as root with runc, podman, docker.io, busybox-static installed)", missing.join(", "));
-    assert!(std::env::var_os("CI").is_none(), "CI must run this test: {reason}");
+    let reason = format!(
+        "needs {} (run as root with runc, podman, docker.io, busybox-static installed)",
+        missing.join(", ")
+    );
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test: {reason}"
+    );
     Some(reason)
 }
 
@@ -97,7 +105,11 @@ impl Node {
         let kind = format!("test-{}.gantry.dev/gpu", unique_id(test).to_lowercase());
         let spec_dir = dir.path().join("cdi");
         std::fs::create_dir_all(&spec_dir).unwrap();
-        let files = gantry_driver::discover_driver_files(driver_root.path(), inventory.driver_version.as_deref()).unwrap();
+        let files = gantry_driver::discover_driver_files(
+            driver_root.path(),
+            inventory.driver_version.as_deref(),
+        )
+        .unwrap();
         let options = GenerateOptions {
             kind: kind.parse().unwrap(),
             naming: NamingStrategy::Both,
@@ -108,7 +120,15 @@ impl Node {
         std::fs::write(&spec_path, spec.to_yaml().unwrap()).unwrap();
         let log_file = dir.path().join("gantry-runtime.log");
         let config_path = dir.path().join("runtime.yaml");
-        let node = Node { dir, driver_root, kind, spec_dir, spec_path, config_path, log_file };
+        let node = Node {
+            dir,
+            driver_root,
+            kind,
+            spec_dir,
+            spec_path,
+            config_path,
+            log_file,
+        };
         node.write_config(accept_env_requests, "runc");
         node
     }
@@ -131,8 +151,17 @@ impl Node {
         let bundle = self.dir.path().join(name);
         std::fs::create_dir_all(&bundle).unwrap();
         busybox_rootfs(&bundle).expect("busybox");
-        let out = Command::new("runc").arg("spec").arg("--bundle").arg(&bundle).output().unwrap();
-        assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("runc")
+            .arg("spec")
+            .arg("--bundle")
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runc spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut config = read_json(&bundle.join("config.json"));
         config["process"]["terminal"] = json!(false);
         config["process"]["args"] = json!(["sh", "-c", script]);
@@ -199,7 +228,11 @@ pub fn run_with_timeout(mut command: Command, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: out_reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
 }
 
 pub fn text(bytes: &[u8]) -> String {
