@@ -238,3 +238,83 @@ pub fn run_with_timeout(mut command: Command, limit: Duration) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A dockerd of the test's own: private socket, data root and exec root, no bridge, no iptables, with the
+/// shim registered as runtime `gantry` (its config file named by `GANTRY_RUNTIME_CONFIG`, which dockerd
+/// passes down through containerd to the runtime). Stopped with SIGTERM (and waited for) when dropped.
+pub struct Dockerd {
+    pub socket: PathBuf,
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Dockerd {
+    pub fn start(dir: &Path, runtime_config: &Path) -> Dockerd {
+        let socket = dir.join("docker.sock");
+        let log = dir.join("dockerd.log");
+        std::fs::write(dir.join("daemon.json"), "{}").unwrap();
+        let child = Command::new("dockerd")
+            .arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .arg(format!("--add-runtime=gantry={SHIM}"))
+            .env("GANTRY_RUNTIME_CONFIG", runtime_config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join("dockerd.err")).unwrap())
+            .spawn()
+            .expect("start dockerd");
+        let dockerd = Dockerd { socket, child, log };
+        let start = Instant::now();
+        loop {
+            let out = dockerd.docker(&["version", "--format", "{{.Server.Version}}"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "dockerd did not come up: {}", text(&out.stderr));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        dockerd
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        let mut command = Command::new("docker");
+        command.arg("--host").arg(format!("unix://{}", self.socket.display())).args(args);
+        run_with_timeout(command, Duration::from_secs(180))
+    }
+
+    /// Imports a busybox-static root file system as image `name`.
+    pub fn import_busybox(&self, dir: &Path, name: &str) {
+        let rootfs = busybox_rootfs(&dir.join("image")).expect("busybox");
+        let script = format!(
+            "tar -C '{}' -c . | docker --host 'unix://{}' import - '{name}'",
+            rootfs.display(),
+            self.socket.display()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "docker import: {}", text(&out.stderr));
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
