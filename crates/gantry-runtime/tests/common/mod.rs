@@ -279,7 +279,11 @@ impl Dockerd {
             if out.status.success() {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "dockerd did not come up: {}", text(&out.stderr));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "dockerd did not come up: {}",
+                text(&out.stderr)
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         dockerd
@@ -287,7 +291,10 @@ impl Dockerd {
 
     pub fn docker(&self, args: &[&str]) -> Output {
         let mut command = Command::new("docker");
-        command.arg("--host").arg(format!("unix://{}", self.socket.display())).args(args);
+        command
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args);
         run_with_timeout(command, Duration::from_secs(180))
     }
 
@@ -306,7 +313,9 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(_)) = self.child.try_wait() {
