@@ -181,6 +181,7 @@ fn parse_capabilities(value: Option<&str>) -> Result<Option<BTreeSet<Capability>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn policy(accept_env: bool) -> RequestPolicy {
@@ -263,6 +264,37 @@ mod tests {
         );
         let config = json!({"process": {"env": ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=warp"]}});
         assert!(requests_from_config(&config, &policy(true)).is_err());
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            "(nvidia.com/gpu=|cdi.k8s.io/|NVIDIA_VISIBLE_DEVICES=|/var/run/nvidia-container-devices/|\\.\\./|[a-z0-9,=/])*"
+                .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    "(annotations|mounts|process|env|destination|cdi.k8s.io/x)",
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_configs_never_panic_and_never_yield_path_names(config in json_value(), accept in any::<bool>()) {
+            if let Ok(requests) = requests_from_config(&config, &policy(accept)) {
+                for name in &requests.devices {
+                    prop_assert!(!name.name.contains('/') && !name.name.contains(".."));
+                }
+            }
+        }
     }
 
     #[test]

@@ -344,6 +344,13 @@ mod tests {
                 "VENDOR/CLASS",
             ),
             ("{".to_owned(), "line"),
+            (
+                SPEC.replace(
+                    "\"devices\"",
+                    "\"annotations\": {\"a\": \"b\"}, \"devices\"",
+                ),
+                "annotations need cdiVersion 0.6.0",
+            ),
         ];
         for (text, expected) in cases {
             let err = Spec::parse(&text, "bad.json").unwrap_err().to_string();

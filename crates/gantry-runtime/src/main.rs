@@ -37,6 +37,12 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(message) => return fail(&Error::Usage(message), None),
     };
+    // Our own help for a person typing `gantry-runtime --help`; engines never ask. `help` and
+    // `COMMAND --help` go to the lower runtime, whose commands these are.
+    if parsed.subcommand.is_none() && argv.iter().any(|a| a == "--help" || a == "-h") {
+        eprint!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let (config_path, required) = match &parsed.config {
         Some(path) => (path.clone(), true),
         None => match std::env::var_os(CONFIG_ENV) {
@@ -55,12 +61,6 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => fail(&err, None),
         };
-    }
-    if matches!(parsed.subcommand.as_deref(), Some("--help" | "help"))
-        || argv.iter().any(|a| a == "--gantry-help")
-    {
-        eprint!("{USAGE}");
-        return ExitCode::SUCCESS;
     }
     match shim(&parsed, &config) {
         // `shim` only returns on error: on success it has become the lower runtime.

@@ -228,3 +228,18 @@ fn a_bad_runtime_config_is_refused() {
     };
     assert_rejected(&node, &case);
 }
+
+#[test]
+fn help_goes_to_stderr_and_names_the_config() {
+    let out = std::process::Command::new(SHIM)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty(), "stdout belongs to the container");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("accept-env-requests") && stderr.contains("update-ldcache"),
+        "{stderr}"
+    );
+}
