@@ -54,7 +54,9 @@ fn podman(node: &Node, runtime: &str, args: &[String]) -> (bool, String) {
 fn inspect_script() -> String {
     format!(
         "ls /dev; stat -c 'STAT %n %F %t:%T' /dev/nvidia* ; echo LIB $(cat {LIB}/libcuda.so.1 2>&1); \
-         echo LDCACHE $(grep -c libcuda.so.1 /etc/ld.so.cache 2>&1); echo ENV $NVIDIA_VISIBLE_DEVICES; echo END"
+         echo LDCACHE $(grep -c libcuda.so.1 /etc/ld.so.cache 2>&1); echo ENV $NVIDIA_VISIBLE_DEVICES; \
+         echo NODES $(ls -d /dev/nvidia*); echo LIBS $(ls {LIB}); echo SMI $(nvidia-smi); \
+         echo FIRMWARE $(ls /lib/firmware/nvidia/*); echo END"
     )
 }
 
@@ -100,6 +102,20 @@ fn podman_consumes_the_generated_spec() {
         "the ld-cache hook ran under podman: {out}"
     );
     assert!(out.contains("ENV void"), "{out}");
+    // Exactly the expected nodes and driver files, nothing more.
+    assert!(
+        out.contains("NODES /dev/nvidia-modeset /dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia1 /dev/nvidiactl\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "LIBS libGLX_nvidia.so.0 libcuda.so.1 libnvcuvid.so.1 libnvidia-encode.so.1 libnvidia-ml.so.1 \
+             libnvidia-nvvm.so.4 libnvidia-ptxjitcompiler.so.1\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("SMI gantry stand-in nvidia-smi"), "{out}");
+    assert!(out.contains("FIRMWARE gsp_ga10x.bin"), "{out}");
     assert!(out.contains("END"));
 }
 
