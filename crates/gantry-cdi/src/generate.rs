@@ -41,16 +41,20 @@ impl Capability {
     }
 }
 
-/// Driver libraries by capability, by soname stem (the part before `.so`).
+/// Driver libraries by capability, by soname stem (the part before `.so`); the grouping follows
+/// libnvidia-container's, so `NVIDIA_DRIVER_CAPABILITIES` means what users expect.
 pub const LIBRARIES: &[(Capability, &[&str])] = &[
     (
         Capability::Compute,
         &[
             "libcuda",
             "libcudadebugger",
-            "libnvidia-ptxjitcompiler",
+            "libnvidia-allocator",
+            "libnvidia-gpucomp",
             "libnvidia-nvvm",
             "libnvidia-opencl",
+            "libnvidia-pkcs11",
+            "libnvidia-ptxjitcompiler",
         ],
     ),
     (Capability::Utility, &["libnvidia-ml", "libnvidia-cfg"]),
@@ -70,17 +74,19 @@ pub const LIBRARIES: &[(Capability, &[&str])] = &[
             "libGLESv1_CM_nvidia",
             "libGLESv2_nvidia",
             "libGLX_nvidia",
+            "libnvidia-cbl",
             "libnvidia-eglcore",
+            "libnvidia-fbc",
             "libnvidia-glcore",
             "libnvidia-glsi",
             "libnvidia-glvkspirv",
-            "libnvidia-gpucomp",
+            "libnvidia-ifr",
             "libnvidia-rtcore",
             "libnvidia-tls",
             "libnvoptix",
         ],
     ),
-    (Capability::Display, &["libnvidia-fbc"]),
+    (Capability::Display, &["libglxserver_nvidia"]),
 ];
 
 /// Driver binaries by capability.
