@@ -3,7 +3,7 @@
 //! Three layouts exist: the old format (magic `ld.so-1.7.0`), the new format (magic
 //! `glibc-ld.so.cache1.1`, the default since glibc 2.32), and the compat format (an old table followed by a
 //! new one, the default before 2.32). [`parse`] reads all three (the new table wins when both are present);
-//! [`write`] writes the new format, which every glibc since 2.3 reads.
+//! [`write()`] writes the new format, which every glibc since 2.3 reads.
 //!
 //! Layouts, from glibc's `sysdeps/generic/dl-cache.h`:
 //! - old: 11-byte magic, pad to 12, `u32 nlibs`, then `nlibs` entries of `{i32 flags, u32 key, u32 value}`;
