@@ -154,7 +154,8 @@ fn resolved(node: &DeviceNode) -> Result<(&str, i64, i64)> {
 /// Environment entries replace entries of the same key or are appended; each device node is added to
 /// `linux.devices` (replacing one at the same path) with a matching allow rule in `linux.resources.devices`;
 /// mounts are appended as bind mounts (replacing one at the same destination); hooks are appended to
-/// `hooks.<hookName>`. Fields the edits do not touch are kept as they were.
+/// `hooks.<hookName>`. Fields the edits do not touch are kept as they were. Applying the same edits twice
+/// gives the same config as applying them once.
 ///
 /// # Errors
 /// A config that is not an object or has a touched field of the wrong JSON type, and a device node whose
@@ -204,7 +205,10 @@ pub fn apply_edits(config: &mut Value, edits: &ContainerEdits) -> Result<()> {
         for node in &edits.device_nodes {
             let (kind, major, minor) = resolved(node)?;
             let access = node.permissions.as_deref().unwrap_or("rwm");
-            rules.push(json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": access}));
+            let rule = json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": access});
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
         }
     }
     if !edits.mounts.is_empty() {
@@ -220,7 +224,11 @@ pub fn apply_edits(config: &mut Value, edits: &ContainerEdits) -> Result<()> {
         let hooks = object_at(root, "hooks", "hooks")?;
         for hook in &edits.hooks {
             let place = format!("hooks.{}", hook.hook_name);
-            array_at(hooks, &hook.hook_name, &place)?.push(oci_hook(hook));
+            let list = array_at(hooks, &hook.hook_name, &place)?;
+            let value = oci_hook(hook);
+            if !list.contains(&value) {
+                list.push(value);
+            }
         }
     }
     Ok(())
@@ -336,6 +344,18 @@ mod tests {
             config["hooks"]["createContainer"][0]["path"],
             "/usr/bin/gantry-runtime"
         );
+    }
+
+    #[test]
+    fn applying_twice_is_applying_once() {
+        let mut config =
+            json!({"annotations": {"cdi.k8s.io/test": "nvidia.com/gpu=0"}, "process": {"env": []}});
+        let mut edits = collect_edits(&[spec()], &requests(&config, false)).unwrap();
+        resolve_all(&mut edits);
+        apply_edits(&mut config, &edits).unwrap();
+        let once = config.clone();
+        apply_edits(&mut config, &edits).unwrap();
+        assert_eq!(config, once);
     }
 
     #[test]
