@@ -3,7 +3,8 @@
 //!
 //! podman 4.3 reads CDI specs only from /etc/cdi and /var/run/cdi. So that a test never writes to the
 //! host's spec directories, each podman call runs in a private mount namespace (`unshare --mount`) with a
-//! fresh tmpfs on /run, and the test's spec is copied to /run/cdi there. Storage, run root and temporary
+//! fresh tmpfs on /run (and on /dev/shm, where podman keeps its lock file), and the test's spec is copied to
+//! /run/cdi there. Storage, run root and temporary
 //! files live in the test's own directory; podman runs with `--runtime runc` (crun refuses the hybrid cgroup
 //! layout of these machines) and ulimits under the sandbox's hard limits.
 
@@ -34,7 +35,7 @@ fn podman(node: &Node, runtime: &str, args: &[String]) -> (bool, String) {
     );
     let run_args: Vec<String> = args.iter().map(|a| quote(a)).collect();
     let script = format!(
-        "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/cdi; cp {spec} /run/cdi/; \
+        "set -e; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /dev/shm; mkdir -p /run/cdi; cp {spec} /run/cdi/; \
          tar -C {rootfs} -c . | {podman} import - {image} >/dev/null; \
          {podman} run --rm --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 {run} {image} sh -c {inner}",
         spec = quote(node.spec_path.to_str().unwrap()),
