@@ -39,6 +39,8 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Container Device Interface specs: `gantry cdi generate`.
     Cdi(cmd::cdi::Args),
+    /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
+    DevicePlugin(cmd::device_plugin::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -79,7 +81,10 @@ fn main() -> ExitCode {
 impl Command {
     /// One-shot commands keep stderr quiet; long-running daemons log their progress.
     fn default_log_level(&self) -> &'static str {
-        "warn"
+        match self {
+            Command::DevicePlugin(_) => "info",
+            _ => "warn",
+        }
     }
 }
 
@@ -89,6 +94,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
         Command::Cdi(args) => cmd::cdi::run(&args, &mut out)?,
+        Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
         Command::Validate(args) => {
             if !cmd::validate::run(&args, &mut out)? {
                 eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");

@@ -4,12 +4,16 @@
 
 mod driver_libs;
 mod driver_root;
+#[cfg(feature = "kubelet")]
+mod fake_kubelet;
 mod fake_nvml;
 
 use std::path::PathBuf;
 
 pub use driver_libs::{busybox_rootfs, stand_in_content, DriverLibraries, LIB_DIR};
 pub use driver_root::{mig_minors_table, DeviceNodes, DriverRoot, DriverRootBuilder};
+#[cfg(feature = "kubelet")]
+pub use fake_kubelet::FakeKubelet;
 pub use fake_nvml::{fake_nvml_copy, fake_nvml_library};
 
 /// The repository root (two levels above this crate).
