@@ -126,6 +126,9 @@ pub fn requests_from_config(config: &Value, policy: &RequestPolicy) -> Result<Re
         let mut from_env = BTreeSet::new();
         match visible {
             None | Some("" | "void" | "none") => {}
+            // The device plugin's volume-mounts strategy sets the variable to the mount directory: the
+            // request is in the mounts (read above), not in the environment.
+            Some(dir) if dir.trim_end_matches('/') == VOLUME_MOUNT_DIR => {}
             Some(list) => {
                 for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let name =
@@ -232,6 +235,22 @@ mod tests {
             r.capabilities,
             Some(BTreeSet::from([Capability::Compute, Capability::Utility]))
         );
+    }
+
+    #[test]
+    fn the_volume_mount_directory_in_env_defers_to_the_mounts() {
+        let config = json!({
+            "process": {"env": ["NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices"]},
+            "mounts": [{"destination": "/var/run/nvidia-container-devices/GPU-ab12", "source": "/dev/null"}]
+        });
+        for accept in [false, true] {
+            let r = requests_from_config(&config, &policy(accept)).unwrap();
+            assert_eq!(
+                names(&r),
+                ["nvidia.com/gpu=GPU-ab12"],
+                "accept-env {accept}"
+            );
+        }
     }
 
     #[test]

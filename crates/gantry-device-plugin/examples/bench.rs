@@ -5,7 +5,11 @@
 //! (`GANTRY_BIN` names the gantry binary for the memory figure; default `target/release/gantry`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 // Percentile ranks of a few thousand samples: the float round trip is exact enough.
-#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

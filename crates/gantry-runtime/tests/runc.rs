@@ -157,3 +157,40 @@ fn other_subcommands_pass_straight_through() {
         text(&out.stderr)
     );
 }
+
+/// As gantry-device-plugin's volume-mounts strategy allocates: one `/dev/null` mount per GPU UUID under
+/// `/var/run/nvidia-container-devices/`, and `NVIDIA_VISIBLE_DEVICES` set to that directory (which must not
+/// be read as a device name, even with environment requests accepted).
+#[test]
+fn device_plugin_volume_mounts_strategy() {
+    require!("runc", "busybox");
+    for accept_env in [false, true] {
+        let node = Node::new("runc-volume", 2, accept_env);
+        let uuid = gantry_testkit::load_inventory("t4-pcie-4.yaml").gpus[1]
+            .uuid
+            .to_string();
+        let bundle = node.bundle("bundle", "ls /dev; echo END");
+        let mut config = read_json(&bundle.join("config.json"));
+        config["process"]["env"].as_array_mut().unwrap().push(json!(
+            "NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices"
+        ));
+        config["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": format!("/var/run/nvidia-container-devices/{uuid}"),
+            "type": "bind", "source": "/dev/null", "options": ["rbind", "ro"]
+        }));
+        write_json(&bundle.join("config.json"), &config);
+        let id = unique_id("volume");
+        let out = node.shim(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "accept-env {accept_env}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("nvidia1") && !stdout.contains("nvidia0"),
+            "{stdout}"
+        );
+        let _ = node.shim(&["delete", "--force", &id]);
+    }
+}

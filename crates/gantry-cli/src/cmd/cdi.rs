@@ -44,11 +44,11 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "nvidia.com/gpu", env = "GANTRY_CDI_KIND")]
     pub kind: String,
 
-    /// How devices are named.
+    /// How devices are named. `both` serves the device plugin (which asks by UUID) and people (`=1`).
     #[arg(
         long,
         value_enum,
-        default_value = "index",
+        default_value = "both",
         env = "GANTRY_CDI_DEVICE_NAME_STRATEGY"
     )]
     pub device_name_strategy: NameStrategyArg,
