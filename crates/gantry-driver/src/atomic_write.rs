@@ -20,6 +20,23 @@ use crate::{Error, Result};
 /// # Errors
 /// Any I/O error, naming the path it happened on.
 pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    write_and_rename(path, contents, mode, true)
+}
+
+/// Replaces `path` with `contents` atomically for readers, without the two fsyncs of [`atomic_write`].
+///
+/// For files that are regenerated on every use and worthless after a crash, such as a container's
+/// `/etc/ld.so.cache`, which the `createContainer` hook rewrites at every start: readers still see the old
+/// file or the new one, never a mix, but after a power loss the file may be empty. On a disk the fsyncs
+/// cost more than the rest of the hook together (about 18 ms of 23 on the CI VM).
+///
+/// # Errors
+/// Any I/O error, naming the path it happened on.
+pub fn atomic_replace(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    write_and_rename(path, contents, mode, false)
+}
+
+fn write_and_rename(path: &Path, contents: &[u8], mode: u32, durable: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -54,12 +71,17 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         // The umask may have narrowed `mode`: set it exactly.
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(Error::io(&tmp))?;
-        file.sync_all().map_err(Error::io(&tmp))?;
+        if durable {
+            file.sync_all().map_err(Error::io(&tmp))?;
+        }
         drop(file);
         std::fs::rename(&tmp, path).map_err(Error::io(path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io(dir))
+        if durable {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(Error::io(dir))?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -85,6 +107,16 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn atomic_replace_replaces_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ld.so.cache");
+        atomic_replace(&path, b"one", 0o644).unwrap();
+        atomic_replace(&path, b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub fn rootfs_from_state(state: &mut dyn Read) -> Result<PathBuf> {
 /// # Flow
 /// Every path is resolved inside `rootfs` as if it were `/`, so a symlink in the image can never make the
 /// hook (which runs as root on the host side) read or write outside the container's root. The cache is
-/// written in glibc's new format, atomically. No `ldconfig` is needed in the image.
+/// written in glibc's new format, atomically (without fsync: it is rewritten at every start). No `ldconfig`
+/// is needed in the image.
 ///
 /// # Errors
 /// An unreadable folder or an unwritable `/etc` in the root file system.
@@ -91,7 +92,8 @@ pub fn update_ldcache(rootfs: &Path, folders: &[String]) -> Result<usize> {
     }
     let bytes = ldcache::write(&entries);
     let count = ldcache::parse(&bytes).map_or(0, |(_, e)| e.len());
-    gantry_driver::atomic_write(&cache_path, &bytes, 0o644)?;
+    // Regenerated at every container start: atomic for the loader, no fsync (see `atomic_replace`).
+    gantry_driver::atomic_replace(&cache_path, &bytes, 0o644)?;
     tracing::info!(cache = %cache_path.display(), entries = count, "updated the container's ld cache");
     Ok(count)
 }
