@@ -41,6 +41,8 @@ enum Command {
     Cdi(cmd::cdi::Args),
     /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
     DevicePlugin(cmd::device_plugin::Args),
+    /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
+    Simulate(cmd::simulate::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -95,6 +97,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
         Command::Cdi(args) => cmd::cdi::run(&args, &mut out)?,
         Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
+        Command::Simulate(args) => return cmd::simulate::run(&args),
         Command::Validate(args) => {
             if !cmd::validate::run(&args, &mut out)? {
                 eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");

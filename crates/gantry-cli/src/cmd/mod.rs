@@ -4,4 +4,5 @@ pub mod cdi;
 pub mod device_plugin;
 pub mod discovery_args;
 pub mod gpus;
+pub mod simulate;
 pub mod validate;
