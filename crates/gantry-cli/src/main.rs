@@ -37,6 +37,8 @@ enum Command {
     Gpus(cmd::gpus::Args),
     /// Run a vector add on every GPU, check it against the CPU and report memory bandwidth.
     Validate(cmd::validate::Args),
+    /// Container Device Interface specs: `gantry cdi generate`.
+    Cdi(cmd::cdi::Args),
     /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
     DevicePlugin(cmd::device_plugin::Args),
     /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
@@ -93,6 +95,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
+        Command::Cdi(args) => cmd::cdi::run(&args, &mut out)?,
         Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
         Command::Simulate(args) => return cmd::simulate::run(&args),
         Command::Validate(args) => {

@@ -2,6 +2,7 @@
 // Test support: a panic here is a test failure with a message, which is what a test wants.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod driver_libs;
 mod driver_root;
 #[cfg(feature = "kubelet")]
 mod fake_kubelet;
@@ -9,6 +10,7 @@ mod fake_nvml;
 
 use std::path::PathBuf;
 
+pub use driver_libs::{busybox_rootfs, stand_in_content, DriverLibraries, LIB_DIR};
 pub use driver_root::{mig_minors_table, DeviceNodes, DriverRoot, DriverRootBuilder};
 #[cfg(feature = "kubelet")]
 pub use fake_kubelet::FakeKubelet;
