@@ -5,7 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gantry_testkit::{inventory_fixture, FakeKubelet};
+use gantry_testkit::{
+    inventory_fixture, load_inventory, DriverLibraries, DriverRootBuilder, FakeKubelet,
+};
 
 #[test]
 fn help_documents_every_flag_with_its_environment_variable() {
@@ -36,10 +38,24 @@ fn help_documents_every_flag_with_its_environment_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_then_stops_on_sigterm_leaving_no_socket() {
     let dir = tempfile::tempdir().unwrap();
+    let cdi = tempfile::tempdir().unwrap();
+    let root = DriverRootBuilder::new(load_inventory("h100-nvswitch-8.yaml")).build();
+    DriverLibraries::default().install(root.path());
     let mut kubelet = FakeKubelet::start(dir.path()).await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["device-plugin", "--metrics-addr", "off", "--plugin-dir"])
+        .args([
+            "device-plugin",
+            "--metrics-addr",
+            "off",
+            "--hook-path",
+            "/usr/bin/gantry-runtime",
+            "--plugin-dir",
+        ])
         .arg(dir.path())
+        .arg("--cdi-spec-dir")
+        .arg(cdi.path())
+        .arg("--root")
+        .arg(root.path())
         .arg("--inventory")
         .arg(inventory_fixture("h100-nvswitch-8.yaml"))
         .stdout(Stdio::null())
@@ -68,6 +84,16 @@ async fn registers_then_stops_on_sigterm_leaving_no_socket() {
     assert_eq!(registration.unwrap().resource_name, "nvidia.com/gpu");
     assert!(status.expect("exits after SIGTERM").success());
     assert!(!socket.exists(), "socket left behind");
+    // The names Allocate hands out (nvidia.com/gpu=<uuid>) resolve in the spec written at start.
+    let spec =
+        std::fs::read_to_string(cdi.path().join("nvidia.com-gpu.yaml")).expect("CDI spec written");
+    for gpu in load_inventory("h100-nvswitch-8.yaml").gpus {
+        assert!(
+            spec.contains(&format!("name: {}", gpu.uuid)),
+            "{} missing from the spec",
+            gpu.uuid
+        );
+    }
 }
 
 #[test]
@@ -93,7 +119,13 @@ fn a_config_that_does_not_fit_fails_at_start() {
     let config = dir.path().join("bad.yaml");
     std::fs::write(&config, "flags:\n  migStrategy: [\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["device-plugin", "--metrics-addr", "off", "--config"])
+        .args([
+            "device-plugin",
+            "--metrics-addr",
+            "off",
+            "--no-cdi-spec",
+            "--config",
+        ])
         .arg(&config)
         .arg("--plugin-dir")
         .arg(dir.path())

@@ -79,7 +79,7 @@ pub struct GenerateArgs {
     pub discovery: DiscoveryArgs,
 }
 
-fn default_hook_path() -> PathBuf {
+pub fn default_hook_path() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join("gantry-runtime")))

@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use gantry_device_plugin::allocate::{parse_strategies, AllocatePolicy};
 use gantry_device_plugin::config::{MigStrategy, PluginConfig, SharedResource};
-use gantry_device_plugin::{start, PluginOptions};
+use gantry_device_plugin::{start, CdiWriter, PluginOptions};
+use gantry_gpu::NodeInventory;
 
 use super::discovery_args::DiscoveryArgs;
 
@@ -76,6 +78,19 @@ pub struct Args {
     /// CDI kind of the devices handed out (must match the generated CDI spec).
     #[arg(long, env = "GANTRY_CDI_KIND", default_value = "nvidia.com/gpu")]
     pub cdi_kind: String,
+
+    /// Directory the node's CDI spec is written to at start and on every re-discovery, so the names
+    /// Allocate hands out always resolve.
+    #[arg(long, env = "GANTRY_CDI_SPEC_DIR", default_value = "/var/run/cdi")]
+    pub cdi_spec_dir: PathBuf,
+
+    /// Do not write a CDI spec (another tool owns it); the names handed out must still resolve.
+    #[arg(long, env = "GANTRY_NO_CDI_SPEC")]
+    pub no_cdi_spec: bool,
+
+    /// gantry-runtime, for the CDI spec's ld-cache hook (default: beside this binary).
+    #[arg(long, env = "GANTRY_HOOK_PATH", value_name = "PATH")]
+    pub hook_path: Option<PathBuf>,
 
     /// How often GPUs are re-probed for health, recovery and inventory changes (e.g. 10s, 500ms).
     #[arg(long, env = "GANTRY_HEALTH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -179,8 +194,63 @@ impl Args {
             recovery_hold: self.recovery_hold,
             kubelet_poll: Duration::from_millis(100),
             metrics_addr,
-            cdi: None,
+            cdi: if self.no_cdi_spec {
+                None
+            } else {
+                Some(Arc::new(SpecWriter {
+                    root: self.discovery.root.clone(),
+                    kind: self.cdi_kind.parse().context("--cdi-kind")?,
+                    path: self
+                        .cdi_spec_dir
+                        .join(format!("{}.yaml", self.cdi_kind.replace('/', "-"))),
+                    hook_path: self
+                        .hook_path
+                        .clone()
+                        .unwrap_or_else(super::cdi::default_hook_path),
+                }))
+            },
         })
+    }
+}
+
+/// Writes the node's CDI spec (both naming schemes: the plugin hands out UUID names) and the
+/// `/dev/char` links, through the same generator as `gantry cdi generate`.
+#[derive(Debug)]
+struct SpecWriter {
+    root: PathBuf,
+    kind: gantry_cdi::Kind,
+    path: PathBuf,
+    hook_path: PathBuf,
+}
+
+impl CdiWriter for SpecWriter {
+    fn write(&self, inventory: &NodeInventory) -> Result<(), String> {
+        let files =
+            gantry_driver::discover_driver_files(&self.root, inventory.driver_version.as_deref())
+                .map_err(|e| {
+                format!(
+                    "reading the driver's files under {}: {e}",
+                    self.root.display()
+                )
+            })?;
+        let options = gantry_cdi::GenerateOptions {
+            kind: self.kind.clone(),
+            naming: gantry_cdi::NamingStrategy::Both,
+            hook_path: Some(self.hook_path.to_string_lossy().into_owned()),
+        };
+        let spec = gantry_cdi::generate(inventory, &files, &options).map_err(|e| e.to_string())?;
+        let text = spec.to_yaml().map_err(|e| e.to_string())?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        gantry_driver::atomic_write(&self.path, text.as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
+        // Without these links a later `systemctl daemon-reload` drops the containers' device rules.
+        if let Err(err) = gantry_driver::create_dev_char_links(&self.root) {
+            tracing::warn!(error = %err, "making /dev/char links failed");
+        }
+        tracing::info!(spec = %self.path.display(), devices = spec.devices.len(), "CDI spec written");
+        Ok(())
     }
 }
 
