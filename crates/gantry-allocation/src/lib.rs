@@ -48,20 +48,24 @@ struct SetScore {
 /// a candidate set allocates nothing (GetPreferredAllocation scores thousands of sets per call).
 #[derive(Debug, Clone)]
 pub struct TopologyView {
-    /// GPU index → dense position.
-    position: BTreeMap<u32, usize>,
+    /// GPU index → dense position (GPU indices are small: a vector beats a map on this hot path).
+    position: Vec<Option<usize>>,
     ranks: Vec<u32>,
     numa: Vec<Option<u32>>,
 }
 
 impl TopologyView {
     pub fn new(inventory: &NodeInventory) -> Self {
-        let position: BTreeMap<u32, usize> = inventory
+        let slots = inventory
             .gpus
             .iter()
-            .enumerate()
-            .map(|(i, g)| (g.index, i))
-            .collect();
+            .map(|g| g.index as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut position = vec![None; slots];
+        for (i, g) in inventory.gpus.iter().enumerate() {
+            position[g.index as usize] = Some(i);
+        }
         let n = inventory.gpus.len();
         let mut ranks = vec![0; n * n];
         for (i, a) in inventory.gpus.iter().enumerate() {
@@ -80,15 +84,19 @@ impl TopologyView {
         }
     }
 
+    fn pos(&self, gpu: u32) -> Option<usize> {
+        self.position.get(gpu as usize).copied().flatten()
+    }
+
     fn link_rank(&self, a: u32, b: u32) -> u32 {
-        match (self.position.get(&a), self.position.get(&b)) {
-            (Some(&i), Some(&j)) => self.ranks[i * self.numa.len() + j],
+        match (self.pos(a), self.pos(b)) {
+            (Some(i), Some(j)) => self.ranks[i * self.numa.len() + j],
             _ => 0,
         }
     }
 
     fn numa_of(&self, gpu: u32) -> Option<u32> {
-        self.position.get(&gpu).and_then(|&i| self.numa[i])
+        self.pos(gpu).and_then(|i| self.numa[i])
     }
 
     fn score(&self, set: &[u32]) -> SetScore {
