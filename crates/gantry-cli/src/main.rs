@@ -26,7 +26,10 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Run a TFJob (kubeflow.org/v1) on this machine, every replica a local process.
+    Run(cmd::run::Args),
+}
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,5 +56,7 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Run(args) => cmd::run::run(args),
+    }
 }
