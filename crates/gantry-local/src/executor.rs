@@ -243,6 +243,9 @@ impl Supervisor<'_> {
             let Some(r) = self.replicas.get_mut(name) else {
                 continue;
             };
+            if r.restart_at.take().is_some() {
+                r.phase = "Stopped";
+            }
             let Some(mut proc) = r.proc.take() else {
                 continue;
             };
