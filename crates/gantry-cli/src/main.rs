@@ -11,8 +11,14 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "gantry", version, about, long_about = None, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr; the level comes from RUST_LOG (default `info`).
-    #[arg(long, global = true, value_enum, default_value = "text", env = "GANTRY_LOG_FORMAT")]
+    /// Log format on stderr; the level comes from RUST_LOG (default `warn`, `info` for daemons).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "GANTRY_LOG_FORMAT"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -27,15 +33,21 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// List the node's GPUs, MIG devices and topology.
+    Gpus(cmd::gpus::Args),
+    /// Run a vector add on every GPU, check it against the CPU and report memory bandwidth.
+    Validate(cmd::validate::Args),
     /// Run a TFJob (kubeflow.org/v1) on this machine, every replica a local process.
     Run(cmd::run::Args),
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -45,9 +57,18 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    init_tracing(cli.log_format, cli.command.default_log_level());
     match run(cli.command) {
         Ok(code) => code,
+        // `gantry gpus | head` closes stdout early: that is the reader's choice, not an error.
+        Err(err)
+            if err
+                .chain()
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -55,8 +76,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Run(args) => cmd::run::run(args),
+impl Command {
+    /// One-shot commands keep stderr quiet; long-running daemons log their progress.
+    fn default_log_level(&self) -> &'static str {
+        "warn"
     }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
+        // `gantry run` streams replica logs from several threads: it must not hold the stdout lock.
+        Command::Run(args) => {
+            drop(out);
+            return cmd::run::run(args);
+        }
+        Command::Validate(args) => {
+            if !cmd::validate::run(&args, &mut out)? {
+                eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -306,47 +306,75 @@ fn dry_run_prints_every_tf_config_and_starts_nothing() {
     assert!(text.contains("TF_CONFIG evaluator-0: {\"cluster\""), "{text}");
 }
 
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/inventory").join(name)
+}
+
 #[test]
-fn gpu_requests_use_the_inventory_only_when_asked() {
+fn gpu_requests_use_discovery_only_when_asked() {
     let dir = TempDir::new().unwrap();
     let job = write_job(dir.path(), "gpu", &[("Worker", 2, "Never", "true")], "");
-    let with_gpu = std::fs::read_to_string(&job)
-        .unwrap()
-        .replace("image: busybox", "image: busybox\n              resources: {limits: {nvidia.com/gpu: 1}}");
-    let gpu_job = dir.path().join("gpu-job.yaml");
-    std::fs::write(&gpu_job, with_gpu).unwrap();
-    let missing = dir.path().join("no-such-inventory.json");
+    let gpu_job = |per_replica: u32| {
+        let text = std::fs::read_to_string(&job).unwrap().replace(
+            "image: busybox",
+            &format!("image: busybox\n              resources: {{limits: {{nvidia.com/gpu: {per_replica}}}}}"),
+        );
+        let path = dir.path().join(format!("gpu-{per_replica}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let missing = dir.path().join("no-such-inventory.yaml");
+    let empty_root = dir.path().join("empty-root");
+    std::fs::create_dir(&empty_root).unwrap();
+    let dry = |job: &Path, extra: &[&std::ffi::OsStr]| {
+        gantry()
+            .arg("run")
+            .arg(job)
+            .args(["--dry-run", "--output", "json"])
+            .args(extra)
+            .env_remove("GANTRY_INVENTORY")
+            .env_remove("GANTRY_BACKEND")
+            .env_remove("GANTRY_NVML_LIB")
+            .output()
+            .unwrap()
+    };
 
-    // No GPU request: the inventory is never read (it does not even exist).
-    let out = gantry().arg("run").arg(&job).arg("--dry-run").arg("--inventory").arg(&missing).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-
-    // A GPU request without any discovery: refused at once, naming what was tried.
-    let out = gantry().arg("run").arg(&gpu_job).arg("--dry-run").env_remove("GANTRY_INVENTORY").output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tried"), "{}", String::from_utf8_lossy(&out.stderr));
-
-    // Too few GPUs: refused before anything starts.
-    let one = dir.path().join("one.json");
-    std::fs::write(&one, r#"{"gpus": [{"uuid": "GPU-aaaa"}]}"#).unwrap();
-    let out = gantry().arg("run").arg(&gpu_job).arg("--dry-run").arg("--inventory").arg(&one).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("asks for 2 GPU(s) but this machine has 1"));
-
-    // Enough GPUs: one UUID per replica, in CUDA_VISIBLE_DEVICES with PCI bus order.
-    let two = dir.path().join("two.json");
-    std::fs::write(&two, r#"{"gpus": [{"uuid": "GPU-aaaa"}, {"uuid": "GPU-bbbb"}]}"#).unwrap();
-    let out = gantry().arg("run").arg(&gpu_job).args(["--dry-run", "--output", "json"]).arg("--inventory").arg(&two).output().unwrap();
+    // No GPU request: discovery never runs (the inventory named does not even exist).
+    let out = dry(&job, &["--backend".as_ref(), "inventory".as_ref(), "--inventory".as_ref(), missing.as_os_str()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let launch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let envs: Vec<(String, String)> = launch["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            assert_eq!(r["env"]["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
-            (r["shortName"].as_str().unwrap().to_string(), r["env"]["CUDA_VISIBLE_DEVICES"].as_str().unwrap().to_string())
-        })
-        .collect();
-    assert_eq!(envs, [("worker-0".to_string(), "GPU-aaaa".to_string()), ("worker-1".to_string(), "GPU-bbbb".to_string())]);
+    assert!(launch["replicas"][0]["env"].get("CUDA_VISIBLE_DEVICES").is_none());
+
+    // A GPU request where no backend answers: refused at once, naming the backend.
+    let out = dry(&gpu_job(1), &["--backend".as_ref(), "driver-files".as_ref(), "--root".as_ref(), empty_root.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("asks for 2 GPU(s)"), "{stderr}");
+    assert!(stderr.contains("driver"), "names the backend tried: {stderr}");
+
+    // More GPUs than the node has (4 T4s): refused before anything starts.
+    let t4 = fixture("t4-pcie-4.yaml");
+    let out = dry(&gpu_job(3), &["--inventory".as_ref(), t4.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("asks for 6 GPU(s) but this machine has 4 usable"), "{stderr}");
+
+    // Enough: distinct GPUs of the inventory per replica, by UUID, in PCI bus order.
+    let out = dry(&gpu_job(2), &["--inventory".as_ref(), t4.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let launch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inventory = std::fs::read_to_string(&t4).unwrap();
+    let mut seen = Vec::new();
+    for r in launch["replicas"].as_array().unwrap() {
+        assert_eq!(r["env"]["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
+        let uuids: Vec<String> = r["env"]["CUDA_VISIBLE_DEVICES"].as_str().unwrap().split(',').map(str::to_string).collect();
+        assert_eq!(uuids.len(), 2, "{r:#}");
+        for u in &uuids {
+            assert!(u.starts_with("GPU-") && inventory.contains(u.as_str()), "{u}");
+        }
+        seen.extend(uuids);
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "no GPU handed out twice");
 }

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use gantry_planner::{gpu_count, replica_of, Addressing, Observed, PlanConfig, TF_CONFIG};
+use gantry_gpu::NodeInventory;
 use gantry_tfjob::{ReplicaType, TFJob, DEFAULT_CONTAINER_NAME};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -15,21 +16,65 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// Where GPUs come from. Called only when some replica requests `nvidia.com/gpu`.
+/// Where GPUs come from: the node's inventory, from discovery (NVML, the driver's files, or an
+/// inventory file). Called only when some replica requests `nvidia.com/gpu`.
 pub trait GpuProvider {
-    /// The UUIDs of the GPUs this job may use, in the order to hand them out; or why there are none
-    /// (naming the discovery backends tried).
-    fn gpu_uuids(&self) -> std::result::Result<Vec<String>, String>;
+    /// The node's GPUs; or why none could be found (naming the discovery backends tried).
+    fn inventory(&self) -> std::result::Result<NodeInventory, String>;
 }
 
-/// A provider for hosts without GPU discovery: any GPU request fails with its message.
+/// A provider for callers without discovery: any GPU request fails with its message.
 #[derive(Debug, Clone)]
 pub struct NoGpus(pub String);
 
 impl GpuProvider for NoGpus {
-    fn gpu_uuids(&self) -> std::result::Result<Vec<String>, String> {
+    fn inventory(&self) -> std::result::Result<NodeInventory, String> {
         Err(self.0.clone())
     }
+}
+
+/// Hands out whole GPUs to pods: healthy GPUs not in MIG mode, chosen per pod by the topology-aware
+/// selection of `gantry-allocation` (NVLink-connected, same NUMA node), pods in plan order.
+///
+/// # Errors
+/// [`Error::Gpu`] when the job asks for more GPUs than the node has usable.
+pub fn allocate_gpus(
+    inventory: &NodeInventory,
+    wanted: &[(String, u32)],
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let usable: Vec<&gantry_gpu::Gpu> = inventory
+        .gpus
+        .iter()
+        .filter(|g| matches!(g.health, gantry_gpu::Health::Healthy))
+        .filter(|g| !g.mig_mode.is_some_and(|m| m == gantry_gpu::MigMode::Enabled))
+        .collect();
+    let total: u32 = wanted.iter().map(|(_, n)| n).sum();
+    if usize::try_from(total).unwrap_or(usize::MAX) > usable.len() {
+        return Err(Error::Gpu(format!(
+            "the job asks for {total} GPU(s) but this machine has {} usable (of {}; unhealthy and MIG-enabled GPUs are not handed out whole); lower nvidia.com/gpu or the replica counts",
+            usable.len(),
+            inventory.gpus.len()
+        )));
+    }
+    let view = gantry_allocation::TopologyView::new(inventory);
+    let mut available: Vec<u32> = usable.iter().map(|g| g.index).collect();
+    let mut assigned = BTreeMap::new();
+    for (pod, count) in wanted {
+        if *count == 0 {
+            continue;
+        }
+        let chosen =
+            gantry_allocation::preferred_gpus(&view, &available, &[], *count as usize)
+                .map_err(|e| Error::Gpu(format!("choosing GPUs for {pod}: {e}")))?;
+        available.retain(|i| !chosen.contains(i));
+        let uuids = chosen
+            .iter()
+            .filter_map(|i| usable.iter().find(|g| g.index == *i))
+            .map(|g| g.uuid.as_str().to_string())
+            .collect();
+        assigned.insert(pod.clone(), uuids);
+    }
+    Ok(assigned)
 }
 
 /// Inputs of [`prepare`].
@@ -151,23 +196,14 @@ pub fn prepare(job: TFJob, options: PrepareOptions, gpus: &dyn GpuProvider) -> R
         })
         .collect();
     let total: u32 = wanted.iter().map(|(_, n)| n).sum();
-    let mut assigned = BTreeMap::new();
-    if total > 0 {
-        let available = gpus
-            .gpu_uuids()
+    let assigned = if total > 0 {
+        let inventory = gpus
+            .inventory()
             .map_err(|e| Error::Gpu(format!("the job asks for {total} GPU(s): {e}")))?;
-        if usize::try_from(total).unwrap_or(usize::MAX) > available.len() {
-            return Err(Error::Gpu(format!(
-                "the job asks for {total} GPU(s) but this machine has {}; lower nvidia.com/gpu or the replica counts",
-                available.len()
-            )));
-        }
-        let mut next = available.into_iter();
-        for (name, count) in wanted {
-            let mine: Vec<String> = next.by_ref().take(count as usize).collect();
-            assigned.insert(name, mine);
-        }
-    }
+        allocate_gpus(&inventory, &wanted)?
+    } else {
+        BTreeMap::new()
+    };
 
     let mut warnings = Vec::new();
     let images: Vec<&str> = plan

@@ -1,3 +1,6 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
 
+pub mod discovery_args;
+pub mod gpus;
 pub mod run;
+pub mod validate;

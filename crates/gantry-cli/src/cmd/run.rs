@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use gantry_local::{Console, ConsoleOptions, GpuProvider, Launch, Outcome, PrepareOptions, RunOptions};
 
+use crate::cmd::discovery_args::DiscoveryArgs;
 use crate::output::{write_structured, OutputFormat, Table};
 
 /// When to colour the log prefixes.
@@ -61,35 +62,20 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto", env = "GANTRY_COLOR")]
     pub color: Colour,
 
-    /// GPU inventory file (JSON or YAML with a `gpus` list of objects with a `uuid`); read only when a
-    /// replica requests nvidia.com/gpu.
-    #[arg(long, env = "GANTRY_INVENTORY")]
-    pub inventory: Option<PathBuf>,
+    /// How to find the node's GPUs; discovery runs only when a replica requests nvidia.com/gpu.
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
-/// GPUs from an inventory file, read only when asked.
-struct InventoryFile(Option<PathBuf>);
+/// GPUs from the shared discovery flags, discovered only when a replica asks for some.
+struct Discovered<'a>(&'a DiscoveryArgs);
 
-impl GpuProvider for InventoryFile {
-    fn gpu_uuids(&self) -> Result<Vec<String>, String> {
-        let Some(path) = &self.0 else {
-            return Err(
-                "no GPU discovery backend answered (tried: inventory file; none given with --inventory)"
-                    .to_string(),
-            );
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading inventory {}: {e}", path.display()))?;
-        let value: serde_yaml::Value = serde_yaml::from_str(&text)
-            .map_err(|e| format!("parsing inventory {}: {e}", path.display()))?;
-        let gpus = value
-            .get("gpus")
-            .and_then(|g| g.as_sequence())
-            .ok_or_else(|| format!("inventory {}: no `gpus` list", path.display()))?;
-        Ok(gpus
-            .iter()
-            .filter_map(|g| g.get("uuid").and_then(|u| u.as_str()).map(str::to_string))
-            .collect())
+impl GpuProvider for Discovered<'_> {
+    fn inventory(&self) -> Result<gantry_gpu::NodeInventory, String> {
+        self.0
+            .discover()
+            .map(|found| found.inventory)
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -128,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         search_path: std::env::var_os("PATH"),
         ports: Default::default(),
     };
-    let prepared = gantry_local::prepare(parsed.job, options, &InventoryFile(args.inventory.clone()))?;
+    let prepared = gantry_local::prepare(parsed.job, options, &Discovered(&args.discovery))?;
     for warning in &prepared.warnings {
         eprintln!("note: {warning}");
     }

@@ -1,0 +1,43 @@
+#![doc = include_str!("../README.md")]
+// Test support: a panic here is a test failure with a message, which is what a test wants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod driver_root;
+mod fake_nvml;
+
+use std::path::PathBuf;
+
+pub use driver_root::{mig_minors_table, DeviceNodes, DriverRoot, DriverRootBuilder};
+pub use fake_nvml::{fake_nvml_copy, fake_nvml_library};
+
+/// The repository root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// A shipped inventory fixture by file name, e.g. `t4-pcie-4.yaml`.
+pub fn inventory_fixture(name: &str) -> PathBuf {
+    workspace_root().join("fixtures/inventory").join(name)
+}
+
+/// The three shipped inventory fixtures.
+pub const INVENTORY_FIXTURES: [&str; 3] =
+    ["h100-nvswitch-8.yaml", "t4-pcie-4.yaml", "a100-mig-4.yaml"];
+
+/// Loads a shipped inventory fixture.
+pub fn load_inventory(name: &str) -> gantry_gpu::NodeInventory {
+    let path = inventory_fixture(name);
+    let text = std::fs::read_to_string(&path).expect("read fixture");
+    gantry_gpu::NodeInventory::from_yaml(&text, &path).expect("valid fixture")
+}
+
+/// Whether this process runs as root (needed for `mknod` and the container engines).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
