@@ -2,6 +2,7 @@
 //!
 //! Needs a Python with `tensorflow-cpu`: `GANTRY_TEST_PYTHON` (set by `scripts/test` to `.venv/bin/python`,
 //! which `.ci/run` creates). Without it the tests say so and pass locally; under `CI=true` they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)] // test helpers: a panic is a failure
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +29,10 @@ fn python() -> Option<PathBuf> {
     let why = format!(
         "GANTRY_TEST_PYTHON={python:?} is not a Python with tensorflow; run `scripts/test` (after `.ci/run` or `python3 -m venv .venv && .venv/bin/pip install tensorflow-cpu`)"
     );
-    assert!(!in_ci, "CI=true: TensorFlow tests must not be skipped: {why}");
+    assert!(
+        !in_ci,
+        "CI=true: TensorFlow tests must not be skipped: {why}"
+    );
     eprintln!("skipping: {why}");
     None
 }
@@ -45,7 +49,11 @@ struct Run {
 
 fn run_example(python: &Path, state: &Path, crash: Option<&str>) -> Run {
     let bin_dir = python.parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gantry"));
     cmd.arg("run")
         .arg(example())
@@ -95,7 +103,12 @@ fn leftovers(state: &Path) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter(|e| {
             std::fs::read(e.path().join("environ"))
                 .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
@@ -137,11 +150,26 @@ fn a_worker_killed_with_137_is_recreated_and_the_job_succeeds() {
         "137",
         "the failure was injected"
     );
-    assert_eq!(replica(&run.outcome, "worker-1")["starts"], 2, "re-created once");
-    assert!(run.stderr.contains("is restarting because Worker replica(s) failed"), "{}", run.stderr);
+    assert_eq!(
+        replica(&run.outcome, "worker-1")["starts"],
+        2,
+        "re-created once"
+    );
+    assert!(
+        run.stderr
+            .contains("is restarting because Worker replica(s) failed"),
+        "{}",
+        run.stderr
+    );
     let result = result(state.path());
-    assert!((result["w"].as_f64().unwrap() - 3.0).abs() < 1e-2, "{result}");
-    assert!((result["b"].as_f64().unwrap() + 2.0).abs() < 1e-2, "{result}");
+    assert!(
+        (result["w"].as_f64().unwrap() - 3.0).abs() < 1e-2,
+        "{result}"
+    );
+    assert!(
+        (result["b"].as_f64().unwrap() + 2.0).abs() < 1e-2,
+        "{result}"
+    );
     assert!(leftovers(state.path()).is_empty());
 }
 
@@ -154,12 +182,19 @@ fn a_worker_exiting_1_fails_the_job_and_every_replica_is_stopped() {
     assert_eq!(run.code, Some(1), "{:#}\n{}", run.outcome, run.stderr);
     assert_eq!(run.outcome["result"], "Failed");
     assert!(
-        run.outcome["message"].as_str().unwrap().contains("1 Worker replica(s) failed"),
+        run.outcome["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 Worker replica(s) failed"),
         "{:#}",
         run.outcome
     );
     assert_eq!(replica(&run.outcome, "worker-1")["exitCode"], 1);
-    assert_eq!(replica(&run.outcome, "worker-1")["starts"], 1, "exit 1 is not retried");
+    assert_eq!(
+        replica(&run.outcome, "worker-1")["starts"],
+        1,
+        "exit 1 is not retried"
+    );
     for other in ["chief-0", "worker-0", "ps-0"] {
         assert_eq!(replica(&run.outcome, other)["state"], "Stopped", "{other}");
     }

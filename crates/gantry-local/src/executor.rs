@@ -155,14 +155,29 @@ impl Supervisor<'_> {
             gantry_planner::Addressing::Loopback { ports } => ports.clone(),
             gantry_planner::Addressing::ClusterDns { .. } => BTreeMap::new(),
         };
-        let (launch, _) = launch_of(&self.prepared.job, pod, &self.prepared.options, &ports, &self.prepared.gpus)?;
+        let (launch, _) = launch_of(
+            &self.prepared.job,
+            pod,
+            &self.prepared.options,
+            &ports,
+            &self.prepared.gpus,
+        )?;
         let next_colour = self.colours.len();
-        let colour = *self.colours.entry(launch.name.clone()).or_insert(next_colour);
-        let log = self.options.run_dir.join(format!("{}.log", launch.short_name));
+        let colour = *self
+            .colours
+            .entry(launch.name.clone())
+            .or_insert(next_colour);
+        let log = self
+            .options
+            .run_dir
+            .join(format!("{}.log", launch.short_name));
         let starts = self.starts.entry(launch.name.clone()).or_default();
         if *starts > 0 {
-            self.console
-                .notice(&format!("re-creating {} (start {})", launch.short_name, *starts + 1));
+            self.console.notice(&format!(
+                "re-creating {} (start {})",
+                launch.short_name,
+                *starts + 1
+            ));
         }
         *starts += 1;
         let proc = Proc::spawn(&launch, &log, &self.console, colour)?;
@@ -222,7 +237,8 @@ impl Supervisor<'_> {
                         r.exit_code = None;
                     }
                     Err(e) => {
-                        self.console.notice(&format!("{}: {e}", r.launch.short_name));
+                        self.console
+                            .notice(&format!("{}: {e}", r.launch.short_name));
                         r.exit_code = Some(127);
                         r.phase = "Failed";
                     }
@@ -345,7 +361,12 @@ fn now() -> Time {
 /// # Errors
 /// [`Error::Io`] when the run directory or a log cannot be written or a process cannot start;
 /// every replica is stopped first.
-pub fn run(prepared: &Prepared, options: &RunOptions, console: Arc<Console>, stop: &AtomicBool) -> Result<Outcome> {
+pub fn run(
+    prepared: &Prepared,
+    options: &RunOptions,
+    console: Arc<Console>,
+    stop: &AtomicBool,
+) -> Result<Outcome> {
     std::fs::create_dir_all(&options.run_dir)
         .map_err(|e| Error::io("creating run directory", &options.run_dir, e))?;
     let launch_json = serde_json::to_vec_pretty(&prepared.launch).unwrap_or_default();
@@ -434,7 +455,10 @@ pub fn run(prepared: &Prepared, options: &RunOptions, console: Arc<Console>, sto
     let status = job.status_or_default();
     let (result, message) = if interrupted {
         ("Interrupted", "stopped by a signal".to_string())
-    } else if let Some(c) = status.condition(JobConditionType::Succeeded).filter(|_| status.is(JobConditionType::Succeeded)) {
+    } else if let Some(c) = status
+        .condition(JobConditionType::Succeeded)
+        .filter(|_| status.is(JobConditionType::Succeeded))
+    {
         ("Succeeded", c.message.clone())
     } else {
         let message = status

@@ -7,8 +7,8 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use gantry_planner::{gpu_count, replica_of, Addressing, Observed, PlanConfig, TF_CONFIG};
 use gantry_gpu::NodeInventory;
+use gantry_planner::{gpu_count, replica_of, Addressing, Observed, PlanConfig, TF_CONFIG};
 use gantry_tfjob::{ReplicaType, TFJob, DEFAULT_CONTAINER_NAME};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -46,7 +46,10 @@ pub fn allocate_gpus(
         .gpus
         .iter()
         .filter(|g| matches!(g.health, gantry_gpu::Health::Healthy))
-        .filter(|g| !g.mig_mode.is_some_and(|m| m == gantry_gpu::MigMode::Enabled))
+        .filter(|g| {
+            !g.mig_mode
+                .is_some_and(|m| m == gantry_gpu::MigMode::Enabled)
+        })
         .collect();
     let total: u32 = wanted.iter().map(|(_, n)| n).sum();
     if usize::try_from(total).unwrap_or(usize::MAX) > usable.len() {
@@ -63,9 +66,8 @@ pub fn allocate_gpus(
         if *count == 0 {
             continue;
         }
-        let chosen =
-            gantry_allocation::preferred_gpus(&view, &available, &[], *count as usize)
-                .map_err(|e| Error::Gpu(format!("choosing GPUs for {pod}: {e}")))?;
+        let chosen = gantry_allocation::preferred_gpus(&view, &available, &[], *count as usize)
+            .map_err(|e| Error::Gpu(format!("choosing GPUs for {pod}: {e}")))?;
         available.retain(|i| !chosen.contains(i));
         let uuids = chosen
             .iter()
@@ -215,7 +217,8 @@ pub fn prepare(job: TFJob, options: PrepareOptions, gpus: &dyn GpuProvider) -> R
         .collect();
     if !images.is_empty() {
         warnings.push(
-            "container images are ignored by gantry run: each replica runs as a local process".to_string(),
+            "container images are ignored by gantry run: each replica runs as a local process"
+                .to_string(),
         );
     }
     let mut replicas = Vec::new();
@@ -261,7 +264,8 @@ pub(crate) fn launch_of(
         .map_or("Never", |p| p.as_str())
         .to_string();
     let short = short_name(rtype, index);
-    let field = format!("spec.tfReplicaSpecs[{rtype}].template.spec.containers[{DEFAULT_CONTAINER_NAME}]");
+    let field =
+        format!("spec.tfReplicaSpecs[{rtype}].template.spec.containers[{DEFAULT_CONTAINER_NAME}]");
     let replica_error = |field: String, message: String| Error::Replica {
         replica: short.clone(),
         field,
@@ -269,7 +273,11 @@ pub(crate) fn launch_of(
     };
     let spec = pod.spec.as_ref();
     let container = spec
-        .and_then(|s| s.containers.iter().find(|c| c.name == DEFAULT_CONTAINER_NAME))
+        .and_then(|s| {
+            s.containers
+                .iter()
+                .find(|c| c.name == DEFAULT_CONTAINER_NAME)
+        })
         .ok_or_else(|| {
             replica_error(
                 format!("spec.tfReplicaSpecs[{rtype}].template.spec.containers"),
@@ -323,10 +331,11 @@ pub(crate) fn launch_of(
     }
     words.extend(container.args.iter().flatten().map(|w| expand(w, &env)));
     let program_name = words.remove(0);
-    let program = resolve(&program_name, &working_dir, options.search_path.as_ref()).ok_or_else(|| {
-        replica_error(
-            format!("{field}.command[0]"),
-            format!(
+    let program =
+        resolve(&program_name, &working_dir, options.search_path.as_ref()).ok_or_else(|| {
+            replica_error(
+                format!("{field}.command[0]"),
+                format!(
                 "command {program_name:?} not found (looked in {}); install it or fix the command",
                 if program_name.contains('/') {
                     working_dir.display().to_string()
@@ -334,8 +343,8 @@ pub(crate) fn launch_of(
                     "PATH".to_string()
                 }
             ),
-        )
-    })?;
+            )
+        })?;
     let tf_config = env.get(TF_CONFIG).cloned();
     Ok((
         ReplicaLaunch {

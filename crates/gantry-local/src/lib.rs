@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 pub use console::{Console, ConsoleOptions};
 pub use executor::{run, Outcome, ReplicaReport, RunOptions};
-pub use launch::{allocate_gpus, prepare, GpuProvider, Launch, NoGpus, Prepared, PrepareOptions, ReplicaLaunch};
+pub use launch::{
+    allocate_gpus, prepare, GpuProvider, Launch, NoGpus, PrepareOptions, Prepared, ReplicaLaunch,
+};
 
 /// A result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,4 +1,5 @@
 //! GPU hand-out for `gantry run` over the inventory fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)] // test helpers: a panic is a failure
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +7,9 @@ use gantry_gpu::NodeInventory;
 use gantry_local::allocate_gpus;
 
 fn inventory(name: &str) -> NodeInventory {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/inventory").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/inventory")
+        .join(name);
     NodeInventory::from_yaml(&std::fs::read_to_string(&path).unwrap(), Path::new(&path)).unwrap()
 }
 
@@ -29,14 +32,23 @@ fn mig_enabled_gpus_are_not_handed_out_whole() {
     let mut want = usable.clone();
     want.sort_unstable();
     assert_eq!(handed, want);
-    let err = allocate_gpus(&inv, &wanted(&[("w0", 3)])).unwrap_err().to_string();
-    assert!(err.contains(&format!("this machine has {} usable", usable.len())), "{err}");
+    let err = allocate_gpus(&inv, &wanted(&[("w0", 3)]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("this machine has {} usable", usable.len())),
+        "{err}"
+    );
 }
 
 #[test]
 fn every_pod_gets_its_count_and_no_gpu_twice() {
     let inv = inventory("h100-nvswitch-8.yaml");
-    let got = allocate_gpus(&inv, &wanted(&[("chief", 0), ("w0", 4), ("w1", 2), ("ps", 0), ("w2", 2)])).unwrap();
+    let got = allocate_gpus(
+        &inv,
+        &wanted(&[("chief", 0), ("w0", 4), ("w1", 2), ("ps", 0), ("w2", 2)]),
+    )
+    .unwrap();
     assert_eq!(got.len(), 3, "pods without GPUs get no entry: {got:?}");
     assert_eq!(got["w0"].len(), 4);
     assert_eq!(got["w1"].len(), 2);

@@ -25,7 +25,10 @@ fn job(i: usize) -> TFJob {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let jobs = args.first().copied().unwrap_or(1000);
     let rounds = args.get(1).copied().unwrap_or(5);
     let config = PlanConfig::default();
@@ -57,7 +60,10 @@ fn main() {
         })
         .collect();
 
-    println!("{:<28} {:>8} {:>10} {:>12} {:>12}", "scenario", "jobs", "replicas", "seconds", "jobs/s");
+    println!(
+        "{:<28} {:>8} {:>10} {:>12} {:>12}",
+        "scenario", "jobs", "replicas", "seconds", "jobs/s"
+    );
     for (label, run) in [
         ("create (empty cluster)", 0),
         ("steady state (all running)", 1),
@@ -68,7 +74,10 @@ fn main() {
             let mut pods = 0usize;
             if run == 0 {
                 for j in &all {
-                    pods += plan(j, &Observed::default(), &config, &now).unwrap().create_pods.len();
+                    pods += plan(j, &Observed::default(), &config, &now)
+                        .unwrap()
+                        .create_pods
+                        .len();
                 }
                 assert_eq!(pods, jobs * 10);
             } else {

@@ -64,7 +64,11 @@ mod tests {
     }
 
     fn types(status: &JobStatus) -> Vec<(JobConditionType, ConditionStatus)> {
-        status.conditions.iter().map(|c| (c.type_, c.status)).collect()
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_, c.status))
+            .collect()
     }
 
     #[test]
@@ -74,12 +78,29 @@ mod tests {
         let mut s = JobStatus::default();
         set(&mut s, Created, True, "TFJobCreated", "c".into(), &at(1));
         set(&mut s, Running, True, "TFJobRunning", "r".into(), &at(2));
-        set(&mut s, Restarting, True, "TFJobRestarting", "x".into(), &at(3));
+        set(
+            &mut s,
+            Restarting,
+            True,
+            "TFJobRestarting",
+            "x".into(),
+            &at(3),
+        );
         assert_eq!(types(&s), [(Created, True), (Restarting, True)]);
         set(&mut s, Running, True, "TFJobRunning", "r".into(), &at(4));
         assert_eq!(types(&s), [(Created, True), (Running, True)]);
-        set(&mut s, Succeeded, True, "TFJobSucceeded", "s".into(), &at(5));
-        assert_eq!(types(&s), [(Created, True), (Running, False), (Succeeded, True)]);
+        set(
+            &mut s,
+            Succeeded,
+            True,
+            "TFJobSucceeded",
+            "s".into(),
+            &at(5),
+        );
+        assert_eq!(
+            types(&s),
+            [(Created, True), (Running, False), (Succeeded, True)]
+        );
     }
 
     #[test]
@@ -89,11 +110,25 @@ mod tests {
         let mut s = JobStatus::default();
         set(&mut s, Running, True, "TFJobRunning", "r".into(), &at(1));
         let before = s.clone();
-        set(&mut s, Running, True, "TFJobRunning", "other message".into(), &at(9));
+        set(
+            &mut s,
+            Running,
+            True,
+            "TFJobRunning",
+            "other message".into(),
+            &at(9),
+        );
         assert_eq!(s, before);
         set(&mut s, Failed, True, "TFJobFailed", "f".into(), &at(10));
         let failed = s.clone();
-        set(&mut s, Succeeded, True, "TFJobSucceeded", "s".into(), &at(11));
+        set(
+            &mut s,
+            Succeeded,
+            True,
+            "TFJobSucceeded",
+            "s".into(),
+            &at(11),
+        );
         assert_eq!(s, failed);
     }
 }

@@ -17,8 +17,8 @@ use serde::Serialize;
 
 pub use pods::{
     exit_code, gpu_count, is_master_role, job_labels, label, phase, replica_of, restart_count,
-    tf_port, GANTRY_GROUP_LABEL, GPU_RESOURCE, JOB_NAME_LABEL, JOB_ROLE_LABEL,
-    OPERATOR_NAME_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, SCHEDULER_PLUGINS_GROUP_LABEL,
+    tf_port, GANTRY_GROUP_LABEL, GPU_RESOURCE, JOB_NAME_LABEL, JOB_ROLE_LABEL, OPERATOR_NAME_LABEL,
+    REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, SCHEDULER_PLUGINS_GROUP_LABEL,
     VOLCANO_GROUP_ANNOTATION, VOLCANO_TASK_ANNOTATION,
 };
 pub use tf_config::{cluster_spec, is_distributed, replica_name, tf_config, TF_CONFIG};
@@ -513,7 +513,8 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
                 plan.delete_pods.push(name_of(&pod.metadata));
                 counts.recreated += 1;
                 *restarted.entry(*rtype).or_default() += 1;
-                let message = format!("TFJob {name} is restarting because {rtype} replica(s) failed.");
+                let message =
+                    format!("TFJob {name} is restarting because {rtype} replica(s) failed.");
                 plan.event(EventType::Warning, "TFJobRestarting", message.clone());
                 conditions::set(
                     &mut status,
@@ -576,7 +577,11 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
     let running_message = format!("TFJob {namespace}/{name} is running.");
     let success_message = format!("TFJob {namespace}/{name} successfully completed.");
     for (rtype, spec) in &specs {
-        let counts = status.replica_statuses.get(rtype).cloned().unwrap_or_default();
+        let counts = status
+            .replica_statuses
+            .get(rtype)
+            .cloned()
+            .unwrap_or_default();
         let expected = spec.replicas.unwrap_or(1) - counts.succeeded;
         let mark_success = |status: &mut JobStatus, plan: &mut Plan| {
             if !status.is(JobConditionType::Succeeded) {
@@ -612,9 +617,7 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
                 }
             }
         } else if *rtype == ReplicaType::Worker {
-            if expected == 0
-                || (worker0_completed && success_policy != SuccessPolicy::AllWorkers)
-            {
+            if expected == 0 || (worker0_completed && success_policy != SuccessPolicy::AllWorkers) {
                 mark_success(&mut status, &mut plan);
             } else if counts.active > 0 {
                 mark_running(&mut status);
@@ -685,8 +688,7 @@ fn delete_pods_and_services(
         return;
     }
     for pod in pods {
-        if policy == Some(CleanPodPolicy::Running) && !matches!(phase(pod), "Running" | "Pending")
-        {
+        if policy == Some(CleanPodPolicy::Running) && !matches!(phase(pod), "Running" | "Pending") {
             continue;
         }
         let name = name_of(&pod.metadata);
@@ -731,7 +733,12 @@ fn cleanup_job(plan: &mut Plan, run: &gantry_tfjob::RunPolicy, status: &JobStatu
 fn pod_group(job: &TFJob) -> PodGroupPlan {
     let specs = &job.spec.tf_replica_specs;
     let total: i32 = specs.values().map(|s| s.replicas.unwrap_or(1)).sum();
-    let policy = job.spec.run_policy.scheduling_policy.clone().unwrap_or_default();
+    let policy = job
+        .spec
+        .run_policy
+        .scheduling_policy
+        .clone()
+        .unwrap_or_default();
     let min_resources = policy.min_resources.clone().unwrap_or_else(|| {
         let mut gpus: u64 = 0;
         for spec in specs.values() {

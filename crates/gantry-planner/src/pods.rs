@@ -45,9 +45,7 @@ pub fn tf_port(spec: &ReplicaSpec) -> i32 {
         .map_or(DEFAULT_PORT, |p| p.container_port)
 }
 
-fn tensorflow_container(
-    spec: Option<&PodSpec>,
-) -> Option<&k8s_openapi::api::core::v1::Container> {
+fn tensorflow_container(spec: Option<&PodSpec>) -> Option<&k8s_openapi::api::core::v1::Container> {
     spec?
         .containers
         .iter()
@@ -58,7 +56,10 @@ fn tensorflow_container(
 pub fn job_labels(job: &TFJob, config: &PlanConfig) -> BTreeMap<String, String> {
     BTreeMap::from([
         (JOB_NAME_LABEL.to_string(), job.name().replace('/', "-")),
-        (OPERATOR_NAME_LABEL.to_string(), config.operator_name.clone()),
+        (
+            OPERATOR_NAME_LABEL.to_string(),
+            config.operator_name.clone(),
+        ),
     ])
 }
 
@@ -299,10 +300,14 @@ impl PlanConfig {
         match self.gang {
             GangScheduler::None => None,
             GangScheduler::Volcano => Some(self.scheduler_name.as_deref().unwrap_or("volcano")),
-            GangScheduler::SchedulerPlugins => {
-                Some(self.scheduler_name.as_deref().unwrap_or("scheduler-plugins-scheduler"))
+            GangScheduler::SchedulerPlugins => Some(
+                self.scheduler_name
+                    .as_deref()
+                    .unwrap_or("scheduler-plugins-scheduler"),
+            ),
+            GangScheduler::Gantry => {
+                Some(self.scheduler_name.as_deref().unwrap_or("gantry-scheduler"))
             }
-            GangScheduler::Gantry => Some(self.scheduler_name.as_deref().unwrap_or("gantry-scheduler")),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Golden plans: the first plan of representative jobs, committed under `tests/golden/`. The test
 //! regenerates each and fails on drift; `GANTRY_BLESS=1` rewrites the files instead.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failure
 
 mod support;
 
@@ -20,7 +21,10 @@ fn check(name: &str, world: &mut World) {
         return;
     }
     let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; run with GANTRY_BLESS=1 to create it", path.display())
+        panic!(
+            "{}: {e}; run with GANTRY_BLESS=1 to create it",
+            path.display()
+        )
     });
     assert!(
         want == text,
@@ -46,13 +50,21 @@ fn all_five_replica_types_with_chief() {
 
 #[test]
 fn master_instead_of_chief() {
-    let job = manifest("dist", &[("Master", 1, "Never"), ("Worker", 1, "Never")], "");
+    let job = manifest(
+        "dist",
+        &[("Master", 1, "Never"), ("Worker", 1, "Never")],
+        "",
+    );
     check("master_worker", &mut World::new(job));
 }
 
 #[test]
 fn worker_zero_has_the_master_role_without_a_chief() {
-    let job = manifest("ps-only", &[("Worker", 2, "OnFailure"), ("PS", 1, "Never")], "");
+    let job = manifest(
+        "ps-only",
+        &[("Worker", 2, "OnFailure"), ("PS", 1, "Never")],
+        "",
+    );
     check("worker_ps_no_chief", &mut World::new(job));
 }
 
@@ -66,7 +78,11 @@ fn a_single_replica_gets_no_tf_config() {
 fn dynamic_workers_get_the_sparse_form() {
     let job = manifest(
         "elastic",
-        &[("Chief", 1, "Never"), ("Worker", 2, "Never"), ("PS", 2, "Never")],
+        &[
+            ("Chief", 1, "Never"),
+            ("Worker", 2, "Never"),
+            ("PS", 2, "Never"),
+        ],
         "  enableDynamicWorker: true\n",
     );
     check("dynamic_worker", &mut World::new(job));
@@ -83,7 +99,10 @@ fn cluster_domain_and_gang_scheduling_with_volcano() {
         ..PlanConfig::default()
     };
     // The first plan only creates the PodGroup: Volcano must admit it before pods exist.
-    check("volcano_podgroup", &mut World::with_config(job.clone(), config.clone()));
+    check(
+        "volcano_podgroup",
+        &mut World::with_config(job.clone(), config.clone()),
+    );
     let mut world = World::with_config(job, config);
     world.step();
     world.observed.pod_group = Some(gantry_planner::ObservedPodGroup { admitted: true });
@@ -92,7 +111,15 @@ fn cluster_domain_and_gang_scheduling_with_volcano() {
 
 #[test]
 fn loopback_addressing_for_gantry_run() {
-    let job = manifest("local", &[("Chief", 1, "Never"), ("Worker", 2, "ExitCode"), ("PS", 1, "Never")], "");
+    let job = manifest(
+        "local",
+        &[
+            ("Chief", 1, "Never"),
+            ("Worker", 2, "ExitCode"),
+            ("PS", 1, "Never"),
+        ],
+        "",
+    );
     let ports = BTreeMap::from([
         ("local-chief-0".to_string(), 41000),
         ("local-worker-0".to_string(), 41001),

@@ -9,7 +9,11 @@ use support::{manifest, World};
 fn chief_job(worker_policy: &str, extra: &str) -> World {
     World::new(manifest(
         "j",
-        &[("Chief", 1, "Never"), ("Worker", 2, worker_policy), ("PS", 1, "Never")],
+        &[
+            ("Chief", 1, "Never"),
+            ("Worker", 2, worker_policy),
+            ("PS", 1, "Never"),
+        ],
         extra,
     ))
 }
@@ -18,12 +22,22 @@ fn chief_job(worker_policy: &str, extra: &str) -> World {
 fn first_plan_creates_every_pod_and_service_and_marks_created() {
     let mut w = chief_job("Never", "");
     w.step();
-    assert_eq!(w.pod_names(), ["j-chief-0", "j-ps-0", "j-worker-0", "j-worker-1"]);
+    assert_eq!(
+        w.pod_names(),
+        ["j-chief-0", "j-ps-0", "j-worker-0", "j-worker-1"]
+    );
     assert_eq!(w.service_names(), w.pod_names());
     assert_eq!(w.conditions(), ["Created"]);
     let svc = &w.observed.services[0];
-    assert_eq!(svc.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
-    assert_eq!(w.step().create_pods.len(), 0, "a second plan creates nothing twice");
+    assert_eq!(
+        svc.spec.as_ref().unwrap().cluster_ip.as_deref(),
+        Some("None")
+    );
+    assert_eq!(
+        w.step().create_pods.len(),
+        0,
+        "a second plan creates nothing twice"
+    );
 }
 
 #[test]
@@ -36,7 +50,12 @@ fn restart_policies_map_to_pod_restart_policies() {
     ] {
         let mut w = World::new(manifest("j", &[("Worker", 2, policy)], ""));
         let plan = w.step();
-        let got = plan.create_pods[0].spec.as_ref().unwrap().restart_policy.clone();
+        let got = plan.create_pods[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .restart_policy
+            .clone();
         assert_eq!(got.as_deref(), Some(pod_policy), "{policy}");
     }
 }
@@ -61,14 +80,19 @@ fn the_chief_decides_success_and_running_ps_and_workers_are_cleaned_by_default()
     w.step();
     w.set_pod("j-worker-0", "Succeeded", Some(0), 0);
     w.step();
-    assert!(!w.is(Succeeded), "worker 0 does not decide while a chief exists");
+    assert!(
+        !w.is(Succeeded),
+        "worker 0 does not decide while a chief exists"
+    );
     w.set_pod("j-chief-0", "Succeeded", Some(0), 0);
     let plans = w.settle();
     assert!(w.is(Succeeded));
     assert!(w.status().completion_time.is_some());
     // cleanPodPolicy unset means Running in Gantry: the running PS and worker 1 are stopped.
     assert_eq!(w.pod_names(), ["j-chief-0", "j-worker-0"]);
-    assert!(plans.iter().any(|p| p.delete_pods.contains(&"j-ps-0".to_string())));
+    assert!(plans
+        .iter()
+        .any(|p| p.delete_pods.contains(&"j-ps-0".to_string())));
     // Running=False once succeeded; active replicas are counted as succeeded.
     let running = w.status().condition(Running).cloned().unwrap();
     assert_eq!(running.status, gantry_tfjob::ConditionStatus::False);
@@ -78,11 +102,17 @@ fn the_chief_decides_success_and_running_ps_and_workers_are_cleaned_by_default()
 #[test]
 fn clean_pod_policy_none_and_all() {
     for (policy, left) in [
-        ("None", vec!["j-chief-0", "j-ps-0", "j-worker-0", "j-worker-1"]),
+        (
+            "None",
+            vec!["j-chief-0", "j-ps-0", "j-worker-0", "j-worker-1"],
+        ),
         ("All", vec![]),
         ("Running", vec!["j-chief-0"]),
     ] {
-        let mut w = chief_job("Never", &format!("  runPolicy: {{cleanPodPolicy: {policy}}}\n"));
+        let mut w = chief_job(
+            "Never",
+            &format!("  runPolicy: {{cleanPodPolicy: {policy}}}\n"),
+        );
         w.step();
         w.run_all();
         w.step();
@@ -95,7 +125,11 @@ fn clean_pod_policy_none_and_all() {
 
 #[test]
 fn without_a_chief_worker_zero_decides_and_ps_never_counts() {
-    let mut w = World::new(manifest("j", &[("Worker", 2, "Never"), ("PS", 1, "Never")], ""));
+    let mut w = World::new(manifest(
+        "j",
+        &[("Worker", 2, "Never"), ("PS", 1, "Never")],
+        "",
+    ));
     w.step();
     w.run_all();
     w.step();
@@ -114,7 +148,11 @@ fn without_a_chief_worker_zero_decides_and_ps_never_counts() {
 fn all_workers_success_policy_waits_for_every_worker() {
     let mut w = World::new(manifest(
         "j",
-        &[("Worker", 2, "Never"), ("PS", 1, "Never"), ("Evaluator", 1, "Never")],
+        &[
+            ("Worker", 2, "Never"),
+            ("PS", 1, "Never"),
+            ("Evaluator", 1, "Never"),
+        ],
         "  successPolicy: AllWorkers\n",
     ));
     w.step();
@@ -139,8 +177,15 @@ fn never_policy_a_failed_worker_fails_the_job_and_stops_the_rest() {
     assert!(w.is(Failed));
     let failed = w.status().condition(Failed).cloned().unwrap();
     assert_eq!(failed.reason, "TFJobFailed");
-    assert_eq!(failed.message, "TFJob ml/j has failed because 1 Worker replica(s) failed.");
-    assert_eq!(w.pod_names(), ["j-worker-1"], "running replicas are stopped");
+    assert_eq!(
+        failed.message,
+        "TFJob ml/j has failed because 1 Worker replica(s) failed."
+    );
+    assert_eq!(
+        w.pod_names(),
+        ["j-worker-1"],
+        "running replicas are stopped"
+    );
 }
 
 #[test]
@@ -157,7 +202,10 @@ fn exit_code_retryable_failures_recreate_the_pod() {
         assert!(!w.is(Failed));
         let plan = w.step();
         assert_eq!(plan.create_pods.len(), 1, "exit {code}: re-created");
-        assert_eq!(w.status().replica_statuses[&ReplicaType::Worker].recreated, 1);
+        assert_eq!(
+            w.status().replica_statuses[&ReplicaType::Worker].recreated,
+            1
+        );
         w.run_all();
         w.step();
         assert!(w.is(Running), "back to Running: {:?}", w.conditions());
@@ -224,7 +272,10 @@ fn backoff_limit_counts_exit_code_recreations() {
     w.step();
     w.step();
     assert!(!w.is(Failed), "one re-creation is allowed");
-    assert_eq!(w.status().replica_statuses[&ReplicaType::Worker].recreated, 1);
+    assert_eq!(
+        w.status().replica_statuses[&ReplicaType::Worker].recreated,
+        1
+    );
     w.run_all();
     w.step();
     w.set_pod("j-worker-0", "Failed", Some(137), 0);
@@ -306,20 +357,41 @@ fn suspend_deletes_everything_and_resume_recreates() {
 
 #[test]
 fn scale_up_and_down_create_and_delete_the_highest_indices() {
-    let mut w = World::new(manifest("j", &[("Worker", 2, "Never"), ("PS", 1, "Never")], ""));
+    let mut w = World::new(manifest(
+        "j",
+        &[("Worker", 2, "Never"), ("PS", 1, "Never")],
+        "",
+    ));
     w.step();
     w.run_all();
     w.step();
-    w.job.spec.tf_replica_specs.get_mut(&ReplicaType::Worker).unwrap().replicas = Some(4);
+    w.job
+        .spec
+        .tf_replica_specs
+        .get_mut(&ReplicaType::Worker)
+        .unwrap()
+        .replicas = Some(4);
     let plan = w.step();
-    let created: Vec<_> = plan.create_pods.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+    let created: Vec<_> = plan
+        .create_pods
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
     assert_eq!(created, ["j-worker-2", "j-worker-3"]);
     assert_eq!(plan.create_services.len(), 2);
     w.run_all();
-    w.job.spec.tf_replica_specs.get_mut(&ReplicaType::Worker).unwrap().replicas = Some(1);
+    w.job
+        .spec
+        .tf_replica_specs
+        .get_mut(&ReplicaType::Worker)
+        .unwrap()
+        .replicas = Some(1);
     let plan = w.step();
     assert_eq!(plan.delete_pods, ["j-worker-1", "j-worker-2", "j-worker-3"]);
-    assert_eq!(plan.delete_services, ["j-worker-1", "j-worker-2", "j-worker-3"]);
+    assert_eq!(
+        plan.delete_services,
+        ["j-worker-1", "j-worker-2", "j-worker-3"]
+    );
     assert_eq!(w.pod_names(), ["j-ps-0", "j-worker-0"]);
 }
 
@@ -327,7 +399,11 @@ fn scale_up_and_down_create_and_delete_the_highest_indices() {
 fn dynamic_workers_may_fail_without_failing_the_job() {
     let mut w = World::new(manifest(
         "j",
-        &[("Chief", 1, "Never"), ("Worker", 2, "Never"), ("PS", 1, "Never")],
+        &[
+            ("Chief", 1, "Never"),
+            ("Worker", 2, "Never"),
+            ("PS", 1, "Never"),
+        ],
         "  enableDynamicWorker: true\n",
     ));
     w.step();
@@ -344,14 +420,24 @@ fn dynamic_workers_may_fail_without_failing_the_job() {
 #[test]
 fn an_invalid_job_fails_with_the_validation_message_and_creates_nothing() {
     let mut job = manifest("j", &[("Worker", 2, "Never")], "");
-    job.spec.tf_replica_specs.get_mut(&ReplicaType::Worker).unwrap().replicas = Some(-1);
+    job.spec
+        .tf_replica_specs
+        .get_mut(&ReplicaType::Worker)
+        .unwrap()
+        .replicas = Some(-1);
     let mut w = World::new(job);
     let plan = w.step();
     assert!(plan.create_pods.is_empty());
     assert!(w.is(Failed));
     let failed = w.status().condition(Failed).cloned().unwrap();
     assert_eq!(failed.reason, "TFJobFailedValidation");
-    assert!(failed.message.contains("spec.tfReplicaSpecs[Worker].replicas"), "{}", failed.message);
+    assert!(
+        failed
+            .message
+            .contains("spec.tfReplicaSpecs[Worker].replicas"),
+        "{}",
+        failed.message
+    );
     assert!(w.is(Created));
 }
 

@@ -254,7 +254,9 @@ pub struct JobCondition {
 }
 
 /// The job conditions Kubeflow defines.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 pub enum JobConditionType {
     Created,
     Running,

@@ -80,7 +80,10 @@ spec:
 
     #[test]
     fn defaults_follow_kubeflow_except_clean_pod_policy() {
-        let job = parse_tfjob(JOB, "job.yaml", false).unwrap().job.with_defaults();
+        let job = parse_tfjob(JOB, "job.yaml", false)
+            .unwrap()
+            .job
+            .with_defaults();
         let ps = &job.spec.tf_replica_specs[&ReplicaType::Ps];
         assert_eq!(ps.replicas, Some(1));
         assert_eq!(ps.restart_policy, Some(RestartPolicy::Never));
@@ -88,7 +91,10 @@ spec:
             .ports
             .as_ref()
             .unwrap()[0];
-        assert_eq!((port.name.as_deref(), port.container_port), (Some("tfjob-port"), 2222));
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("tfjob-port"), 2222)
+        );
         let worker = &job.spec.tf_replica_specs[&ReplicaType::Worker];
         assert_eq!(worker.replicas, Some(3));
         assert_eq!(worker.restart_policy, Some(RestartPolicy::OnFailure));
@@ -96,7 +102,11 @@ spec:
             .ports
             .as_ref()
             .unwrap();
-        assert_eq!(ports.len(), 1, "an existing tfjob-port is kept, not duplicated");
+        assert_eq!(
+            ports.len(),
+            1,
+            "an existing tfjob-port is kept, not duplicated"
+        );
         assert_eq!(ports[0].container_port, 3333);
         assert_eq!(job.spec.success_policy, Some(SuccessPolicy::Default));
         assert_eq!(

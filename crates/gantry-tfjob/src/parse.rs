@@ -101,7 +101,11 @@ mod tests {
     #[test]
     fn replica_keys_are_case_insensitive() {
         let parsed = parse_tfjob(&job(WORKER), "j.yaml", true).unwrap();
-        assert!(parsed.job.spec.tf_replica_specs.contains_key(&ReplicaType::Worker));
+        assert!(parsed
+            .job
+            .spec
+            .tf_replica_specs
+            .contains_key(&ReplicaType::Worker));
         assert!(parsed.warnings.is_empty());
         let text = serde_json::to_string(&parsed.job.spec.tf_replica_specs).unwrap();
         assert!(text.starts_with("{\"Worker\":"), "{text}");
@@ -133,7 +137,11 @@ mod tests {
         );
         let err = parse_tfjob(&text, "j.yaml", true).unwrap_err();
         assert_eq!(err.kind(), "unknown_fields");
-        assert!(err.to_string().contains("spec.tfReplicaSpecs.worker.replica"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("spec.tfReplicaSpecs.worker.replica"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -141,14 +149,22 @@ mod tests {
         let text = job(&WORKER.replace("image: tf", "image: tf, comand: [python]"));
         let parsed = parse_tfjob(&text, "j.yaml", false).unwrap();
         assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
-        assert!(parsed.warnings[0].contains("comand"), "{:?}", parsed.warnings);
+        assert!(
+            parsed.warnings[0].contains("comand"),
+            "{:?}",
+            parsed.warnings
+        );
     }
 
     #[test]
     fn invalid_yaml_names_the_line() {
-        let err = parse_tfjob("apiVersion: [kubeflow.org/v1\nkind: TFJob\n", "bad.yaml", false)
-            .unwrap_err()
-            .to_string();
+        let err = parse_tfjob(
+            "apiVersion: [kubeflow.org/v1\nkind: TFJob\n",
+            "bad.yaml",
+            false,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("bad.yaml: "), "{err}");
         assert!(err.contains("line"), "{err}");
     }

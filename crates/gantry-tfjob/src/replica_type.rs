@@ -55,7 +55,9 @@ impl ReplicaType {
 
     /// Parses a replica type name, ignoring ASCII case.
     pub fn parse(name: &str) -> Option<ReplicaType> {
-        Self::ALL.into_iter().find(|t| t.as_str().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(name))
     }
 
     /// Chief or Master: the replica whose success is the job's success when present.
@@ -112,7 +114,9 @@ where
         type Value = BTreeMap<ReplicaType, V>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map from replica type (PS, Worker, Chief, Master, Evaluator) to its spec")
+            f.write_str(
+                "a map from replica type (PS, Worker, Chief, Master, Evaluator) to its spec",
+            )
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {

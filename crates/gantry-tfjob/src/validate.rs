@@ -64,7 +64,10 @@ pub fn validate(job: &TFJob) -> Result<()> {
             .map(|p| p.containers.as_slice())
             .unwrap_or_default();
         if containers.is_empty() {
-            errors.push(FieldError::new(containers_path.clone(), "must be specified"));
+            errors.push(FieldError::new(
+                containers_path.clone(),
+                "must be specified",
+            ));
         }
         for (i, container) in containers.iter().enumerate() {
             if container.image.as_deref().unwrap_or_default().is_empty() {
@@ -102,7 +105,10 @@ pub fn validate(job: &TFJob) -> Result<()> {
     ];
     for (field, value) in non_negative {
         if let Some(v) = value.filter(|v| *v < 0) {
-            errors.push(FieldError::new(field, format!("must be non-negative, got {v}")));
+            errors.push(FieldError::new(
+                field,
+                format!("must be non-negative, got {v}"),
+            ));
         }
     }
     if let Some(v) = run.active_deadline_seconds.filter(|v| *v <= 0) {
@@ -158,7 +164,10 @@ mod tests {
 
     #[test]
     fn a_valid_job_passes() {
-        assert_eq!(check(&job("ok", &replica("Worker", "", TF))), Vec::<String>::new());
+        assert_eq!(
+            check(&job("ok", &replica("Worker", "", TF))),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -178,13 +187,19 @@ mod tests {
         ];
         for (text, want) in cases {
             let got = check(&text);
-            assert!(got.iter().any(|g| g.starts_with(want)), "want {want:?} in {got:?}");
+            assert!(
+                got.iter().any(|g| g.starts_with(want)),
+                "want {want:?} in {got:?}"
+            );
         }
     }
 
     #[test]
     fn every_failure_is_reported_at_once() {
-        let text = job("Bad", &replica("Worker", "      replicas: -1\n", "[{name: main}]"));
+        let text = job(
+            "Bad",
+            &replica("Worker", "      replicas: -1\n", "[{name: main}]"),
+        );
         assert_eq!(check(&text).len(), 4, "{:?}", check(&text));
     }
 }

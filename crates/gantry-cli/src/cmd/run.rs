@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use gantry_local::{Console, ConsoleOptions, GpuProvider, Launch, Outcome, PrepareOptions, RunOptions};
+use gantry_local::{
+    Console, ConsoleOptions, GpuProvider, Launch, Outcome, PrepareOptions, RunOptions,
+};
 
 use crate::cmd::discovery_args::DiscoveryArgs;
 use crate::output::{write_structured, OutputFormat, Table};
@@ -39,7 +41,13 @@ pub struct Args {
     pub dry_run: bool,
 
     /// Format of stdout: the dry-run plan or the final outcome. With json/yaml, replica logs go to stderr.
-    #[arg(long, short, value_enum, default_value = "table", env = "GANTRY_OUTPUT")]
+    #[arg(
+        long,
+        short,
+        value_enum,
+        default_value = "table",
+        env = "GANTRY_OUTPUT"
+    )]
     pub output: OutputFormat,
 
     /// Directory for per-replica logs, launch.json and outcome.json [default: run/<job>-<unix time>].
@@ -88,8 +96,8 @@ fn read_manifest(path: &Path) -> anyhow::Result<(String, String, PathBuf)> {
         let cwd = std::env::current_dir().context("reading the current directory")?;
         return Ok((text, "-".to_string(), cwd));
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let dir = path
         .canonicalize()
         .with_context(|| format!("resolving {}", path.display()))?
@@ -100,7 +108,8 @@ fn read_manifest(path: &Path) -> anyhow::Result<(String, String, PathBuf)> {
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("{flag} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("{flag} must be a non-negative number of seconds"))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -179,7 +188,11 @@ fn write_launch_table(out: &mut dyn Write, launch: &Launch) -> anyhow::Result<()
             r.name.clone(),
             r.restart_policy.clone(),
             r.port.to_string(),
-            if r.gpus.is_empty() { "-".to_string() } else { r.gpus.join(",") },
+            if r.gpus.is_empty() {
+                "-".to_string()
+            } else {
+                r.gpus.join(",")
+            },
             command.join(" "),
         ]);
     }
@@ -188,7 +201,11 @@ fn write_launch_table(out: &mut dyn Write, launch: &Launch) -> anyhow::Result<()
     for r in &launch.replicas {
         match &r.tf_config {
             Some(tf) => writeln!(out, "TF_CONFIG {}: {tf}", r.short_name)?,
-            None => writeln!(out, "TF_CONFIG {}: (none: single-replica job)", r.short_name)?,
+            None => writeln!(
+                out,
+                "TF_CONFIG {}: (none: single-replica job)",
+                r.short_name
+            )?,
         }
     }
     Ok(())
@@ -200,7 +217,8 @@ fn write_outcome_table(out: &mut dyn Write, outcome: &Outcome) -> anyhow::Result
         table.row([
             r.short_name.clone(),
             r.state.clone(),
-            r.exit_code.map_or_else(|| "-".to_string(), |c| c.to_string()),
+            r.exit_code
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
             r.starts.to_string(),
             r.log.display().to_string(),
         ]);
@@ -211,8 +229,14 @@ fn write_outcome_table(out: &mut dyn Write, outcome: &Outcome) -> anyhow::Result
         "job {} {} in {:.1}s: {}",
         outcome.job, outcome.result, outcome.seconds, outcome.message
     )?;
-    if outcome.result != "Succeeded" && outcome.result != "Interrupted" && outcome.message.is_empty() {
-        bail!("job {} ended without a Succeeded or Failed condition", outcome.job);
+    if outcome.result != "Succeeded"
+        && outcome.result != "Interrupted"
+        && outcome.message.is_empty()
+    {
+        bail!(
+            "job {} ended without a Succeeded or Failed condition",
+            outcome.job
+        );
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! A tiny in-memory cluster for planner tests: applies plans, lets a test set pod phases and exit codes.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failure
 
 use gantry_planner::{plan, Observed, ObservedPodGroup, Plan, PlanConfig};
 use gantry_tfjob::{parse_tfjob, TFJob};
@@ -85,9 +85,11 @@ impl World {
         self.observed
             .pods
             .retain(|p| !plan.delete_pods.contains(p.metadata.name.as_ref().unwrap()));
-        self.observed
-            .services
-            .retain(|s| !plan.delete_services.contains(s.metadata.name.as_ref().unwrap()));
+        self.observed.services.retain(|s| {
+            !plan
+                .delete_services
+                .contains(s.metadata.name.as_ref().unwrap())
+        });
         for pod in &plan.create_pods {
             assert!(
                 self.pod(pod.metadata.name.as_ref().unwrap()).is_none(),
@@ -101,7 +103,9 @@ impl World {
             });
             self.observed.pods.push(pod);
         }
-        self.observed.services.extend(plan.create_services.iter().cloned());
+        self.observed
+            .services
+            .extend(plan.create_services.iter().cloned());
         if let Some(status) = &plan.status {
             self.job.status = Some(status.clone());
         }
