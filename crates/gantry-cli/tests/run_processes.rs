@@ -1,6 +1,11 @@
 //! `gantry run` end to end with real processes (POSIX `sh`, no TensorFlow): restart policies applied
 //! live, Ctrl-C, the grace period, bad input refused before anything starts, GPU requests.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)] // test helpers: a panic is a failure
+// Test helpers may panic: a panic is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

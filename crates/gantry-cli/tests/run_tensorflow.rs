@@ -2,7 +2,12 @@
 //!
 //! Needs a Python with `tensorflow-cpu`: `GANTRY_TEST_PYTHON` (set by `scripts/test` to `.venv/bin/python`,
 //! which `.ci/run` creates). Without it the tests say so and pass locally; under `CI=true` they fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)] // test helpers: a panic is a failure
+// Test helpers may panic: a panic is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,10 @@
 //! GPU hand-out for `gantry run` over the inventory fixtures.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)] // test helpers: a panic is a failure
+// Test helpers may panic: a panic is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 
 use std::path::{Path, PathBuf};
 
