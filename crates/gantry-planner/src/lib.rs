@@ -482,6 +482,8 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
 
     // 6. Pods and services per replica type.
     let mut restarted: BTreeMap<ReplicaType, i32> = BTreeMap::new();
+    // The cluster spec, computed once and only when a pod is to be created.
+    let mut cluster = None;
     for (rtype, spec) in &specs {
         let replicas = spec.replicas.unwrap_or(1).max(0);
         let previous = old.replica_statuses.get(rtype);
@@ -497,8 +499,17 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
         }
         for index in 0..replicas {
             if !slices.contains_key(&index) {
-                plan.create_pods
-                    .push(pods::new_pod(&job, *rtype, spec, index, config)?);
+                if cluster.is_none() && is_distributed(&job) {
+                    cluster = Some(cluster_spec(&job, &config.addressing)?);
+                }
+                plan.create_pods.push(pods::new_pod(
+                    &job,
+                    *rtype,
+                    spec,
+                    index,
+                    config,
+                    cluster.as_ref(),
+                )?);
             }
         }
         for (index, slice) in &slices {

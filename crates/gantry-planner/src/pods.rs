@@ -9,7 +9,7 @@ use gantry_tfjob::{
 use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use crate::tf_config::{replica_name, tf_config, TF_CONFIG};
+use crate::tf_config::{replica_name, tf_config_in, TF_CONFIG};
 use crate::{Addressing, GangScheduler, PlanConfig, Result};
 
 /// Label: the job's name.
@@ -108,6 +108,7 @@ pub(crate) fn new_pod(
     spec: &ReplicaSpec,
     index: i32,
     config: &PlanConfig,
+    cluster: Option<&BTreeMap<&'static str, Vec<String>>>,
 ) -> Result<Pod> {
     let name = replica_name(job.name(), rtype, index);
     let template = &spec.template;
@@ -127,7 +128,8 @@ pub(crate) fn new_pod(
         .unwrap_or_default();
     let mut pod_spec = template.spec.clone().unwrap_or_default();
 
-    if let Some(value) = tf_config(job, rtype, index, &config.addressing)? {
+    if let Some(cluster) = cluster {
+        let value = tf_config_in(job, cluster, rtype, index)?;
         if let Some(container) = pod_spec
             .containers
             .iter_mut()

@@ -110,6 +110,16 @@ pub fn tf_config(
         return Ok(None);
     }
     let cluster = cluster_spec(job, addressing)?;
+    tf_config_in(job, &cluster, rtype, index).map(Some)
+}
+
+/// [`tf_config`] with the cluster spec computed once for all of a plan's pods.
+pub(crate) fn tf_config_in(
+    job: &TFJob,
+    cluster: &BTreeMap<&'static str, Vec<String>>,
+    rtype: ReplicaType,
+    index: i32,
+) -> Result<String> {
     let task = Task {
         type_: rtype.lower(),
         index,
@@ -139,10 +149,10 @@ pub fn tf_config(
         })
     } else {
         serde_json::to_string(&Dense {
-            cluster: &cluster,
+            cluster,
             task,
             environment: "cloud",
         })
     };
-    text.map(Some).map_err(|e| Error::Serialise(e.to_string()))
+    text.map_err(|e| Error::Serialise(e.to_string()))
 }
