@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gantry_gpu::{NodeInventory, Topology};
+use gantry_gpu::NodeInventory;
+#[cfg(test)]
+use gantry_gpu::Topology;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,28 +44,51 @@ struct SetScore {
     numa_nodes: std::cmp::Reverse<usize>,
 }
 
-/// The GPU facts selection needs, by index.
+/// The GPU facts selection needs: a dense matrix of link ranks and each GPU's NUMA node, so that scoring
+/// a candidate set allocates nothing (GetPreferredAllocation scores thousands of sets per call).
 #[derive(Debug, Clone)]
 pub struct TopologyView {
-    topology: Topology,
-    numa: BTreeMap<u32, Option<u32>>,
+    /// GPU index → dense position.
+    position: BTreeMap<u32, usize>,
+    ranks: Vec<u32>,
+    numa: Vec<Option<u32>>,
 }
 
 impl TopologyView {
     pub fn new(inventory: &NodeInventory) -> Self {
+        let position: BTreeMap<u32, usize> = inventory
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.index, i))
+            .collect();
+        let n = inventory.gpus.len();
+        let mut ranks = vec![0; n * n];
+        for (i, a) in inventory.gpus.iter().enumerate() {
+            for (j, b) in inventory.gpus.iter().enumerate() {
+                // An unknown link ranks below every known one.
+                ranks[i * n + j] = inventory
+                    .topology
+                    .link(a.index, b.index)
+                    .map_or(0, |l| l.rank());
+            }
+        }
         Self {
-            topology: inventory.topology.clone(),
-            numa: inventory
-                .gpus
-                .iter()
-                .map(|g| (g.index, g.numa_node))
-                .collect(),
+            position,
+            ranks,
+            numa: inventory.gpus.iter().map(|g| g.numa_node).collect(),
         }
     }
 
     fn link_rank(&self, a: u32, b: u32) -> u32 {
-        // An unknown link ranks below every known one.
-        self.topology.link(a, b).map_or(0, |l| l.rank())
+        match (self.position.get(&a), self.position.get(&b)) {
+            (Some(&i), Some(&j)) => self.ranks[i * self.numa.len() + j],
+            _ => 0,
+        }
+    }
+
+    fn numa_of(&self, gpu: u32) -> Option<u32> {
+        self.position.get(&gpu).and_then(|&i| self.numa[i])
     }
 
     fn score(&self, set: &[u32]) -> SetScore {
@@ -76,14 +101,18 @@ impl TopologyView {
                 total += rank;
             }
         }
-        let numa: BTreeSet<Option<u32>> = set
-            .iter()
-            .map(|g| self.numa.get(g).copied().flatten())
-            .collect();
+        // Distinct NUMA nodes without allocating: sets are small, a quadratic scan is cheapest.
+        let mut numa_nodes = 0;
+        for (i, &g) in set.iter().enumerate() {
+            let node = self.numa_of(g);
+            if !set[..i].iter().any(|&h| self.numa_of(h) == node) {
+                numa_nodes += 1;
+            }
+        }
         SetScore {
             weakest_link: if set.len() < 2 { u32::MAX } else { weakest },
             total_links: total,
-            numa_nodes: std::cmp::Reverse(numa.len()),
+            numa_nodes: std::cmp::Reverse(numa_nodes),
         }
     }
 }

@@ -39,6 +39,10 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Run a TFJob (kubeflow.org/v1) on this machine, every replica a local process.
     Run(cmd::run::Args),
+    /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
+    DevicePlugin(cmd::device_plugin::Args),
+    /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
+    Simulate(cmd::simulate::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -79,7 +83,10 @@ fn main() -> ExitCode {
 impl Command {
     /// One-shot commands keep stderr quiet; long-running daemons log their progress.
     fn default_log_level(&self) -> &'static str {
-        "warn"
+        match self {
+            Command::DevicePlugin(_) => "info",
+            _ => "warn",
+        }
     }
 }
 
@@ -93,6 +100,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             drop(out);
             return cmd::run::run(args);
         }
+        Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
+        Command::Simulate(args) => return cmd::simulate::run(&args),
         Command::Validate(args) => {
             if !cmd::validate::run(&args, &mut out)? {
                 eprintln!("error: at least one GPU computed a wrong result (see MISMATCHES)");

@@ -3,11 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod driver_root;
+#[cfg(feature = "kubelet")]
+mod fake_kubelet;
 mod fake_nvml;
 
 use std::path::PathBuf;
 
 pub use driver_root::{mig_minors_table, DeviceNodes, DriverRoot, DriverRootBuilder};
+#[cfg(feature = "kubelet")]
+pub use fake_kubelet::FakeKubelet;
 pub use fake_nvml::{fake_nvml_copy, fake_nvml_library};
 
 /// The repository root (two levels above this crate).

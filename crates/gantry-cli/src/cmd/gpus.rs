@@ -12,9 +12,6 @@ use crate::output::{write_structured, OutputFormat, Table};
 /// List the node's GPUs (index, UUID, PCI bus id, NUMA node, memory, MIG devices, health).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    pub discovery: DiscoveryArgs,
-
     /// Format of what goes to stdout.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: OutputFormat,
@@ -22,6 +19,9 @@ pub struct Args {
     /// Print the link matrix between GPUs (as `nvidia-smi topo -m`) instead of the GPU list.
     #[arg(long)]
     pub topology: bool,
+
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 /// What `gantry gpus --output json|yaml` prints: the inventory and the backend that produced it.

@@ -1,0 +1,67 @@
+#![doc = include_str!("../README.md")]
+
+pub mod allocate;
+pub mod config;
+mod daemon;
+pub mod health;
+mod metrics;
+pub mod resources;
+mod server;
+
+use std::path::PathBuf;
+
+pub use daemon::{start, CdiWriter, PluginOptions, Running};
+pub use metrics::Metrics;
+
+/// Device plugin errors: each names the file, socket or resource involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config file {}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+
+    #[error("invalid resource name {0:?}: expected <domain>/<name> in lower-case letters, digits, '-' and '.'")]
+    InvalidResourceName(String),
+
+    #[error("{0}")]
+    MigStrategy(String),
+
+    #[error("cannot serve on {}: {source}; is the plugin directory writable and mounted from the host (/var/lib/kubelet/device-plugins)?", path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Discovery(#[from] gantry_discovery::Error),
+
+    #[error("writing the CDI spec failed: {0}")]
+    Cdi(String),
+
+    #[error("the device plugin task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::InvalidResourceName(_) => "invalid_resource_name",
+            Error::MigStrategy(_) => "mig_strategy",
+            Error::Socket { .. } => "socket",
+            Error::Metrics { .. } => "metrics",
+            Error::Discovery(_) => "discovery",
+            Error::Cdi(_) => "cdi",
+            Error::Task(_) => "task",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
