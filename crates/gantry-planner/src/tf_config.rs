@@ -24,16 +24,18 @@ struct Dense<'a> {
     environment: &'static str,
 }
 
+/// Kubeflow's `SparseClusterSpec`: both keys always present.
 #[derive(Serialize)]
 struct SparseCluster {
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     worker: BTreeMap<i32, String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     ps: Vec<String>,
 }
 
+/// Kubeflow's `SparseTFConfig`. Its key is `sparseCluster`, as Kubeflow writes it (TensorFlow's own
+/// `TFConfigClusterResolver` reads only `cluster`, so this form serves scripts that parse it).
 #[derive(Serialize)]
 struct Sparse<'a> {
+    #[serde(rename = "sparseCluster")]
     cluster: SparseCluster,
     task: Task<'a>,
 }
@@ -95,8 +97,9 @@ pub fn cluster_spec(
 /// The `TF_CONFIG` value of one replica, or `None` for a single-replica job.
 ///
 /// Dense form: `{"cluster":{...},"task":{"type":"worker","index":1},"environment":"cloud"}`. With
-/// `enableDynamicWorker`, Kubeflow's sparse form: a PS sees only itself, a worker sees every PS and
-/// itself (keyed by its index), and other types get an empty cluster.
+/// `enableDynamicWorker`, Kubeflow's sparse form, byte for byte:
+/// `{"sparseCluster":{"worker":{"1":"<own address>"},"ps":[<every PS>]},"task":{...}}` for a worker, only
+/// its own address in `ps` for a PS, and empty `worker`/`ps` for other types.
 ///
 /// # Errors
 /// As [`cluster_spec`].
