@@ -39,6 +39,8 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Container Device Interface specs: `gantry cdi generate`.
     Cdi(cmd::cdi::Args),
+    /// Run a TFJob (kubeflow.org/v1) on this machine, every replica a local process.
+    Run(cmd::run::Args),
     /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
     DevicePlugin(cmd::device_plugin::Args),
     /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
@@ -96,6 +98,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
         Command::Cdi(args) => cmd::cdi::run(&args, &mut out)?,
+        // `gantry run` streams replica logs from several threads: it must not hold the stdout lock.
+        Command::Run(args) => {
+            drop(out);
+            return cmd::run::run(args);
+        }
         Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
         Command::Simulate(args) => return cmd::simulate::run(&args),
         Command::Validate(args) => {

@@ -4,5 +4,6 @@ pub mod cdi;
 pub mod device_plugin;
 pub mod discovery_args;
 pub mod gpus;
+pub mod run;
 pub mod simulate;
 pub mod validate;
