@@ -376,6 +376,11 @@ async fn kubelet_restart_re_registers() {
         .unwrap()
         .into_inner();
     assert_eq!(wait_for_list(&mut stream, |_| true).await.devices.len(), 4);
+    // The kubelet sees the request before the plugin sees the reply: wait for the count to catch up.
+    let deadline = Instant::now() + WAIT;
+    while running.metrics.registrations() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(running.metrics.registrations(), 2);
     running.stop().await.unwrap();
 }
