@@ -39,6 +39,10 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Run a TFJob (kubeflow.org/v1) on this machine, every replica a local process.
     Run(cmd::run::Args),
+    /// Print the TFJob CRD (kubeflow.org/v1) with CEL validation, generated from the types.
+    Crd(cmd::crd::Args),
+    /// Run the TFJob operator on Kubernetes.
+    Operator(cmd::operator::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -79,7 +83,10 @@ fn main() -> ExitCode {
 impl Command {
     /// One-shot commands keep stderr quiet; long-running daemons log their progress.
     fn default_log_level(&self) -> &'static str {
-        "warn"
+        match self {
+            Command::Operator(_) => "info",
+            _ => "warn",
+        }
     }
 }
 
@@ -88,6 +95,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
+        Command::Crd(args) => cmd::crd::run(&args, &mut out)?,
+        Command::Operator(args) => {
+            drop(out);
+            cmd::operator::run(args)?;
+        }
         // `gantry run` streams replica logs from several threads: it must not hold the stdout lock.
         Command::Run(args) => {
             drop(out);

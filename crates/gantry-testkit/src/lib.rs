@@ -4,6 +4,8 @@
 
 mod driver_root;
 mod fake_nvml;
+#[cfg(feature = "kube")]
+pub mod kube_api;
 
 use std::path::PathBuf;
 

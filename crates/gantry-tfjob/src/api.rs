@@ -264,6 +264,9 @@ pub enum JobConditionType {
     Succeeded,
     Failed,
     Suspended,
+    /// Gantry addition: `replicas` changed on a running job without `enableDynamicWorker`, so the
+    /// change is not applied (running pods would keep a stale `TF_CONFIG`). `False` once reverted.
+    ScaleRefused,
 }
 
 /// A condition's status.
