@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
 use gantry_planner::OPERATOR_NAME_LABEL;
 use gantry_tfjob::TFJob;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -14,7 +16,9 @@ use kube::Api;
 
 use crate::reconcile::{error_policy, reconcile, Context, ErrorChain};
 
-/// Runs the controller until `shutdown` completes (in-flight reconciles finish first).
+/// Runs the controller until `shutdown` completes: in-flight reconciles may finish within `grace`,
+/// then the rest is dropped (kube-runtime's graceful shutdown alone can wait forever when it fires
+/// before the first list, or while requeues are scheduled).
 ///
 /// `namespace` limits it to one namespace (a Role instead of a ClusterRole suffices then);
 /// `concurrency` bounds parallel reconciles (0: unbounded). A job is never reconciled twice at once.
@@ -22,8 +26,10 @@ pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<&str>,
     concurrency: u16,
+    grace: Duration,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.shared();
     let client = ctx.client.clone();
     let (jobs, pods, services): (Api<TFJob>, Api<Pod>, Api<Service>) = match namespace {
         Some(ns) => (
@@ -41,17 +47,22 @@ pub async fn run(
         "{OPERATOR_NAME_LABEL}={}",
         ctx.plan_config.operator_name
     ));
-    Controller::new(jobs, watcher::Config::default())
+    let controller = Controller::new(jobs, watcher::Config::default())
         .with_config(Config::default().concurrency(concurrency))
         .owns(pods, owned.clone())
         .owns(services, owned)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((job, _)) => tracing::debug!(job = %job, "reconciled"),
                 Err(err) => tracing::debug!(error = %ErrorChain(&err), "controller"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = controller => {}
+        () = async { shutdown.await; tokio::time::sleep(grace).await } => {
+            tracing::info!(?grace, "stopped after the shutdown grace period");
+        }
+    }
 }

@@ -51,6 +51,8 @@ pub struct OperatorOptions {
     pub concurrency: u16,
     /// The events' reporting instance (the pod name).
     pub instance: String,
+    /// After shutdown, how long in-flight reconciles may take.
+    pub shutdown_grace: Duration,
 }
 
 /// Runs the operator until `shutdown` resolves (SIGTERM in the binary).
@@ -180,6 +182,7 @@ pub async fn run(
         ctx,
         options.namespace.as_deref(),
         options.concurrency,
+        options.shutdown_grace,
         stopped(stop_rx),
     )
     .await;

@@ -178,3 +178,214 @@ impl Call {
         self.respond(200, &body);
     }
 }
+
+/// A stateful fake API server: an in-memory store behind the same wire, for tests and benchmarks
+/// that run many reconciles or a whole `Controller` rather than a script.
+///
+/// It serves namespaced paths (`/api/v1/namespaces/{ns}/{resource}[/{name}[/status]]` and
+/// `/apis/{group}/{version}/namespaces/...`): list (with equality label selectors), get, create
+/// (`409` when the name exists), merge patch (RFC 7386), replace (`409` on a stale
+/// `resourceVersion`), delete. Watches are accepted and held open without events, so a controller
+/// reconciles what its initial list returned. Requests are answered one at a time, in order.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryApiServer {
+    state: std::sync::Arc<std::sync::Mutex<Store>>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    /// Collection path (`/api/v1/namespaces/default/pods`) to name to object.
+    objects: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>>,
+    version: u64,
+    requests: u64,
+}
+
+/// A client talking to a fresh in-memory API server served by a task on the current runtime.
+pub fn in_memory_api_server() -> (kube::Client, InMemoryApiServer) {
+    let server = InMemoryApiServer::default();
+    (server.client(), server)
+}
+
+fn status_body(code: u16, reason: &str) -> Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": if code < 300 { "Success" } else { "Failure" },
+        "reason": reason, "code": code, "message": format!("{reason} (in-memory API server)")})
+}
+
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn selected(object: &Value, query: &str) -> bool {
+    let Some(selector) = query
+        .split('&')
+        .find_map(|q| q.strip_prefix("labelSelector="))
+    else {
+        return true;
+    };
+    let selector = selector
+        .replace("%2F", "/")
+        .replace("%3D", "=")
+        .replace("%2C", ",");
+    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        object["metadata"]["labels"][k] == v
+    })
+}
+
+impl InMemoryApiServer {
+    /// Another client of this same server (a second operator replica), served by its own task on
+    /// the current runtime.
+    pub fn client(&self) -> kube::Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let serving = self.clone();
+        tokio::spawn(async move {
+            let mut watches = Vec::new();
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let Ok(bytes) = body.collect_bytes().await else {
+                    continue;
+                };
+                let query = parts.uri.query().unwrap_or_default().to_string();
+                if query.split('&').any(|q| q == "watch=true") {
+                    watches.push(respond); // held open: no events
+                    continue;
+                }
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let (status, reply) =
+                    serving.handle(parts.method.as_str(), parts.uri.path(), &query, body);
+                let response = Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap_or_default()))
+                    .expect("response");
+                respond.send_response(response);
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    /// Stores an object under `collection` (e.g. `/apis/kubeflow.org/v1/namespaces/default/tfjobs`).
+    pub fn insert(&self, collection: &str, mut object: Value) {
+        let mut store = self.state.lock().expect("store");
+        store.version += 1;
+        object["metadata"]["resourceVersion"] = store.version.to_string().into();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        store
+            .objects
+            .entry(collection.to_string())
+            .or_default()
+            .insert(name, object);
+    }
+
+    /// The objects of a collection, by name.
+    pub fn objects(&self, collection: &str) -> Vec<Value> {
+        let store = self.state.lock().expect("store");
+        store
+            .objects
+            .get(collection)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many requests were answered.
+    pub fn requests(&self) -> u64 {
+        self.state.lock().expect("store").requests
+    }
+
+    fn handle(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
+        let mut store = self.state.lock().expect("store");
+        store.requests += 1;
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // [api, v1 | apis, group, version] namespaces ns resource [name [sub]]
+        let base = if segments.first() == Some(&"api") {
+            2
+        } else {
+            3
+        };
+        // Namespaced: .../namespaces/{ns}/{resource}; cluster-scoped: .../{resource}.
+        let end = if segments.get(base) == Some(&"namespaces") {
+            base + 3
+        } else {
+            base + 1
+        };
+        if segments.len() < end {
+            return (404, status_body(404, "NotFound"));
+        }
+        let collection = format!("/{}", segments[..end].join("/"));
+        let name = segments.get(end).copied();
+        store.version += 1;
+        let version = store.version.to_string();
+        let objects = store.objects.entry(collection).or_default();
+        match (method, name) {
+            ("GET", None) => {
+                let items: Vec<Value> = objects
+                    .values()
+                    .filter(|o| selected(o, query))
+                    .cloned()
+                    .collect();
+                (
+                    200,
+                    serde_json::json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": version}, "items": items}),
+                )
+            }
+            ("GET", Some(name)) => match objects.get(name) {
+                Some(o) => (200, o.clone()),
+                None => (404, status_body(404, "NotFound")),
+            },
+            ("POST", None) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if objects.contains_key(&name) {
+                    return (409, status_body(409, "AlreadyExists"));
+                }
+                let mut object = body;
+                object["metadata"]["resourceVersion"] = version.clone().into();
+                object["metadata"]["uid"] = format!("uid-{version}").into();
+                object["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z".into();
+                objects.insert(name, object.clone());
+                (201, object)
+            }
+            ("PATCH", Some(name)) => match objects.get_mut(name) {
+                Some(object) => {
+                    merge_patch(object, &body);
+                    object["metadata"]["resourceVersion"] = version.into();
+                    (200, object.clone())
+                }
+                None => (404, status_body(404, "NotFound")),
+            },
+            ("PUT", Some(name)) => match objects.get_mut(name) {
+                Some(object) => {
+                    if body["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"]
+                    {
+                        return (409, status_body(409, "Conflict"));
+                    }
+                    *object = body;
+                    object["metadata"]["resourceVersion"] = version.into();
+                    (200, object.clone())
+                }
+                None => (404, status_body(404, "NotFound")),
+            },
+            ("DELETE", Some(name)) => match objects.remove(name) {
+                Some(_) => (200, status_body(200, "Deleted")),
+                None => (404, status_body(404, "NotFound")),
+            },
+            _ => (405, status_body(405, "MethodNotAllowed")),
+        }
+    }
+}

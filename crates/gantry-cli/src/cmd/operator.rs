@@ -68,6 +68,9 @@ pub struct Args {
     /// recognised).
     #[arg(long, default_value = "tfjob-controller", env = "GANTRY_OPERATOR_NAME")]
     operator_name: String,
+    /// Seconds in-flight reconciles may take after SIGTERM.
+    #[arg(long, default_value_t = 20, env = "GANTRY_SHUTDOWN_GRACE")]
+    shutdown_grace: u64,
     /// Jobs reconciled in parallel (0: unbounded).
     #[arg(long, default_value_t = 16, env = "GANTRY_OPERATOR_CONCURRENCY")]
     concurrency: u16,
@@ -114,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             leader_election,
             concurrency: args.concurrency,
             instance: args.identity,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
         };
         gantry_operator::operator::run(client, options, shutdown_signal())
             .await
