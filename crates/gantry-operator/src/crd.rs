@@ -32,7 +32,8 @@ fn add_rules(schema: &mut Value, rules: Vec<Value>) {
 /// older than the operator): a DNS-1035 name; at least one replica type, only known ones
 /// (case-insensitive), at most one Chief or Master; per replica a non-negative `replicas`, a
 /// container named `tensorflow` and an image in every container; non-negative `backoffLimit`,
-/// `ttlSecondsAfterFinished` and `schedulingPolicy.minAvailable`, positive `activeDeadlineSeconds`.
+/// `ttlSecondsAfterFinished` and `schedulingPolicy.minAvailable`, positive `activeDeadlineSeconds`,
+/// `failurePolicy.maxWorkerFailurePercent` within 0-100.
 ///
 /// # Errors
 /// [`Error::Serialise`] (not expected) or [`Error::Crd`] when the generated schema lacks a field the
@@ -102,6 +103,16 @@ pub fn crd_json() -> Result<Value> {
                 "template.spec.containers[*].image must be specified",
             ),
         ],
+    );
+    let failure = spec
+        .pointer_mut("/properties/failurePolicy")
+        .ok_or_else(|| missing("spec.failurePolicy"))?;
+    add_rules(
+        failure,
+        vec![rule(
+            "!has(self.maxWorkerFailurePercent) || (self.maxWorkerFailurePercent >= 0 && self.maxWorkerFailurePercent <= 100)",
+            "spec.failurePolicy.maxWorkerFailurePercent must be between 0 and 100",
+        )],
     );
     let run = spec
         .pointer_mut("/properties/runPolicy")

@@ -111,6 +111,11 @@ impl Metrics {
         }
     }
 
+    /// Reconciles so far.
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.get()
+    }
+
     /// Counts one reconcile and its outcome.
     pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
         self.reconciles.inc();

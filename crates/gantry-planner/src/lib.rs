@@ -661,6 +661,24 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
             if job.spec.enable_dynamic_worker && *rtype == ReplicaType::Worker {
                 continue;
             }
+            // Gantry's failurePolicy: which permanent failures fail the job.
+            if let Some(policy) = &job.spec.failure_policy {
+                let fails = match rtype {
+                    ReplicaType::Chief | ReplicaType::Master => {
+                        policy.on_chief_failure.unwrap_or(true)
+                    }
+                    ReplicaType::Ps => policy.on_ps_failure.unwrap_or(true),
+                    ReplicaType::Worker => {
+                        let replicas = i64::from(spec.replicas.unwrap_or(1));
+                        let percent = i64::from(policy.max_worker_failure_percent.unwrap_or(0));
+                        i64::from(permanent) * 100 > percent * replicas
+                    }
+                    ReplicaType::Evaluator => false,
+                };
+                if !fails {
+                    continue;
+                }
+            }
             let message = format!(
                 "TFJob {namespace}/{name} has failed because {permanent} {rtype} replica(s) failed."
             );

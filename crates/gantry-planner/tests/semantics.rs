@@ -495,3 +495,49 @@ fn planning_is_deterministic() {
     let b = chief_job("ExitCode", "").step();
     assert_eq!(a, b);
 }
+
+#[test]
+fn failure_policy_decides_which_permanent_failures_fail_the_job() {
+    let policy = "  failurePolicy: {onPSFailure: false, maxWorkerFailurePercent: 50}\n";
+    let mut w = World::new(manifest(
+        "j",
+        &[
+            ("Chief", 1, "Never"),
+            ("Worker", 4, "Never"),
+            ("PS", 1, "Never"),
+        ],
+        policy,
+    ));
+    w.step();
+    w.run_all();
+    w.step();
+    // The PS and two of four workers (50 %, not more) fail for good: the job goes on.
+    w.set_pod("j-ps-0", "Failed", Some(1), 0);
+    w.set_pod("j-worker-1", "Failed", Some(1), 0);
+    w.set_pod("j-worker-2", "Failed", Some(1), 0);
+    w.step();
+    assert!(!w.status().is(Failed), "{:?}", w.conditions());
+    // A third worker (75 %): it fails.
+    w.set_pod("j-worker-3", "Failed", Some(1), 0);
+    w.step();
+    let status = w.status();
+    let failed = status.condition(Failed).unwrap();
+    assert!(
+        failed.message.contains("3 Worker replica(s) failed"),
+        "{}",
+        failed.message
+    );
+
+    // The chief still fails the job by default.
+    let mut w = World::new(manifest(
+        "j",
+        &[("Chief", 1, "Never"), ("Worker", 2, "Never")],
+        policy,
+    ));
+    w.step();
+    w.run_all();
+    w.step();
+    w.set_pod("j-chief-0", "Failed", Some(2), 0);
+    w.step();
+    assert!(w.status().is(Failed));
+}
