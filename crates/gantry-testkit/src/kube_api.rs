@@ -226,21 +226,32 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn selected(object: &Value, query: &str) -> bool {
+/// The equality label selector of a list query, as `(key, value)` pairs.
+fn selector(query: &str) -> Vec<(String, String)> {
     let Some(selector) = query
         .split('&')
         .find_map(|q| q.strip_prefix("labelSelector="))
     else {
-        return true;
+        return Vec::new();
     };
     let selector = selector
         .replace("%2F", "/")
         .replace("%3D", "=")
         .replace("%2C", ",");
-    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        object["metadata"]["labels"][k] == v
-    })
+    selector
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn selected(object: &Value, selector: &[(String, String)]) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| object["metadata"]["labels"][k.as_str()] == v.as_str())
 }
 
 impl InMemoryApiServer {
@@ -332,9 +343,10 @@ impl InMemoryApiServer {
         let objects = store.objects.entry(collection).or_default();
         match (method, name) {
             ("GET", None) => {
+                let selector = selector(query);
                 let items: Vec<Value> = objects
                     .values()
-                    .filter(|o| selected(o, query))
+                    .filter(|o| selected(o, &selector))
                     .cloned()
                     .collect();
                 (
