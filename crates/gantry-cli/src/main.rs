@@ -45,6 +45,10 @@ enum Command {
     DevicePlugin(cmd::device_plugin::Args),
     /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
     Simulate(cmd::simulate::Args),
+    /// Print the TFJob CRD (kubeflow.org/v1) with CEL validation, generated from the types.
+    Crd(cmd::crd::Args),
+    /// Run the TFJob operator on Kubernetes.
+    Operator(cmd::operator::Args),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -86,7 +90,7 @@ impl Command {
     /// One-shot commands keep stderr quiet; long-running daemons log their progress.
     fn default_log_level(&self) -> &'static str {
         match self {
-            Command::DevicePlugin(_) => "info",
+            Command::DevicePlugin(_) | Command::Operator(_) => "info",
             _ => "warn",
         }
     }
@@ -98,6 +102,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
         Command::Cdi(args) => cmd::cdi::run(&args, &mut out)?,
+        Command::Crd(args) => cmd::crd::run(&args, &mut out)?,
+        Command::Operator(args) => {
+            drop(out);
+            cmd::operator::run(args)?;
+        }
         // `gantry run` streams replica logs from several threads: it must not hold the stdout lock.
         Command::Run(args) => {
             drop(out);

@@ -16,10 +16,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 
 pub use pods::{
-    exit_code, gpu_count, is_master_role, job_labels, label, phase, replica_of, restart_count,
-    tf_port, GANTRY_GROUP_LABEL, GPU_RESOURCE, JOB_NAME_LABEL, JOB_ROLE_LABEL, OPERATOR_NAME_LABEL,
-    REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, SCHEDULER_PLUGINS_GROUP_LABEL,
-    VOLCANO_GROUP_ANNOTATION, VOLCANO_TASK_ANNOTATION,
+    exit_code, gpu_count, is_master_role, job_labels, label, phase, pod_tf_config, replica_of,
+    restart_count, tf_port, GANTRY_GROUP_LABEL, GANTRY_MIN_MEMBER_LABEL, GPU_RESOURCE,
+    JOB_NAME_LABEL, JOB_ROLE_LABEL, OPERATOR_NAME_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL,
+    SCHEDULER_PLUGINS_GROUP_LABEL, VOLCANO_GROUP_ANNOTATION, VOLCANO_TASK_ANNOTATION,
 };
 pub use tf_config::{cluster_spec, is_distributed, replica_name, tf_config, TF_CONFIG};
 
@@ -480,7 +480,40 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
         }
     }
 
-    // 6. Pods and services per replica type.
+    // 6. Pods and services per replica type; a change of replicas on a running job without
+    //    enableDynamicWorker is refused (Gantry addition).
+    let refused = scale_refusal(&job, &pods, config)?;
+    match &refused {
+        Some(message) => {
+            if !status.is(JobConditionType::ScaleRefused) {
+                plan.event(EventType::Warning, "TFJobScaleRefused", message.clone());
+            }
+            conditions::set(
+                &mut status,
+                JobConditionType::ScaleRefused,
+                ConditionStatus::True,
+                "TFJobScaleRefused",
+                message.clone(),
+                now,
+            );
+        }
+        None if status.is(JobConditionType::ScaleRefused) => {
+            let message = format!(
+                "TFJob {name}: replicas match the running pods again; scaling is no longer refused."
+            );
+            plan.event(EventType::Normal, "TFJobScaleReverted", message.clone());
+            conditions::set(
+                &mut status,
+                JobConditionType::ScaleRefused,
+                ConditionStatus::False,
+                "TFJobScaleReverted",
+                message,
+                now,
+            );
+        }
+        None => {}
+    }
+    let refused = refused.is_some();
     let mut restarted: BTreeMap<ReplicaType, i32> = BTreeMap::new();
     // The cluster spec, computed once and only when a pod is to be created.
     let mut cluster = None;
@@ -498,7 +531,7 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
             }
         }
         for index in 0..replicas {
-            if !slices.contains_key(&index) {
+            if !refused && !slices.contains_key(&index) {
                 if cluster.is_none() && is_distributed(&job) {
                     cluster = Some(cluster_spec(&job, &config.addressing)?);
                 }
@@ -517,7 +550,7 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
                 continue; // more than one pod for an index: Kubeflow only warns
             };
             if *index < 0 || *index >= replicas {
-                if !is_being_deleted(pod) {
+                if !refused && !is_being_deleted(pod) {
                     plan.delete_pods.push(name_of(&pod.metadata));
                 }
             } else if retryable_now(*rtype, pod) {
@@ -556,13 +589,13 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
             }
         }
         for index in 0..replicas {
-            if !service_indices.contains_key(&index) {
+            if !refused && !service_indices.contains_key(&index) {
                 plan.create_services
                     .push(pods::new_service(&job, *rtype, spec, index, config));
             }
         }
         for (index, svc) in &service_indices {
-            if *index >= replicas {
+            if !refused && *index >= replicas {
                 plan.delete_services.push(name_of(&svc.metadata));
             }
         }
@@ -639,6 +672,24 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
             if job.spec.enable_dynamic_worker && *rtype == ReplicaType::Worker {
                 continue;
             }
+            // Gantry's failurePolicy: which permanent failures fail the job.
+            if let Some(policy) = &job.spec.failure_policy {
+                let fails = match rtype {
+                    ReplicaType::Chief | ReplicaType::Master => {
+                        policy.on_chief_failure.unwrap_or(true)
+                    }
+                    ReplicaType::Ps => policy.on_ps_failure.unwrap_or(true),
+                    ReplicaType::Worker => {
+                        let replicas = i64::from(spec.replicas.unwrap_or(1));
+                        let percent = i64::from(policy.max_worker_failure_percent.unwrap_or(0));
+                        i64::from(permanent) * 100 > percent * replicas
+                    }
+                    ReplicaType::Evaluator => false,
+                };
+                if !fails {
+                    continue;
+                }
+            }
             let message = format!(
                 "TFJob {namespace}/{name} has failed because {permanent} {rtype} replica(s) failed."
             );
@@ -677,6 +728,55 @@ pub fn plan(job: &TFJob, observed: &Observed, config: &PlanConfig, now: &Time) -
         plan.requeue_within(0);
     }
     Ok(finish(plan, &old, status))
+}
+
+/// Without `enableDynamicWorker`, a live pod (pending or running, not being deleted) whose replica is
+/// gone (scale down) or whose `TF_CONFIG` differs from the one the job now gives it (scale up or
+/// down of any type) means the job's replicas changed under running TensorFlow servers, which would
+/// keep their stale cluster. Returns the refusal message, naming the change and the ways out.
+/// Local runs (loopback addressing) cannot change a job mid-run and are never refused.
+fn scale_refusal(job: &TFJob, pods: &[&Pod], config: &PlanConfig) -> Result<Option<String>> {
+    if job.spec.enable_dynamic_worker || matches!(config.addressing, Addressing::Loopback { .. }) {
+        return Ok(None);
+    }
+    let specs = &job.spec.tf_replica_specs;
+    let mut stale = false;
+    let mut live: BTreeMap<ReplicaType, i32> = BTreeMap::new();
+    for pod in pods {
+        if is_being_deleted(pod) || !matches!(phase(pod), "Running" | "Pending") {
+            continue;
+        }
+        let Some((rtype, index)) = replica_of(&pod.metadata) else {
+            continue;
+        };
+        *live.entry(rtype).or_default() += 1;
+        let replicas = specs.get(&rtype).map_or(0, |s| s.replicas.unwrap_or(1));
+        if index >= replicas {
+            stale = true;
+        } else if !stale {
+            let want = tf_config(job, rtype, index, &config.addressing)?;
+            stale = want.as_deref() != pod_tf_config(pod);
+        }
+    }
+    if !stale {
+        return Ok(None);
+    }
+    let changes: Vec<String> = specs
+        .iter()
+        .map(|(rtype, spec)| {
+            format!(
+                "{rtype}: {} running, {} wanted",
+                live.get(rtype).copied().unwrap_or(0),
+                spec.replicas.unwrap_or(1)
+            )
+        })
+        .collect();
+    Ok(Some(format!(
+        "TFJob {}/{}: replicas changed while it runs ({}), but enableDynamicWorker is not set, so running pods would keep a stale TF_CONFIG; the change is not applied. Restore the replicas, or delete and re-create the job, or set enableDynamicWorker: true (sparse TF_CONFIG) to scale workers live.",
+        job.namespace(),
+        job.name(),
+        changes.join(", ")
+    )))
 }
 
 fn finish(mut plan: Plan, old: &JobStatus, status: JobStatus) -> Plan {

@@ -28,8 +28,12 @@ pub const VOLCANO_GROUP_ANNOTATION: &str = "scheduling.k8s.io/group-name";
 pub const VOLCANO_TASK_ANNOTATION: &str = "volcano.sh/task-spec";
 /// scheduler-plugins' pod label naming the PodGroup.
 pub const SCHEDULER_PLUGINS_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
-/// The label Gantry's own scheduler extender reads.
+/// Under `--gang-scheduler gantry`: the pod label naming the gang (the job's name) that Gantry's own
+/// scheduler extender reads. There is no PodGroup object in this mode; the labels are the group.
 pub const GANTRY_GROUP_LABEL: &str = "gantry.dev/pod-group";
+/// Under `--gang-scheduler gantry`: the pod label with the gang's `minMember` (all replicas, or
+/// `schedulingPolicy.minAvailable`), as a decimal string.
+pub const GANTRY_MIN_MEMBER_LABEL: &str = "gantry.dev/pod-group-min-member";
 /// The extended resource that counts NVIDIA GPUs.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
@@ -164,6 +168,10 @@ pub(crate) fn new_pod(
         }
         GangScheduler::Gantry => {
             labels.insert(GANTRY_GROUP_LABEL.to_string(), group);
+            labels.insert(
+                GANTRY_MIN_MEMBER_LABEL.to_string(),
+                crate::pod_group(job).min_member.to_string(),
+            );
         }
     }
     if let Some(scheduler) = config.gang_scheduler_name() {
@@ -229,6 +237,17 @@ pub(crate) fn new_service(
         }),
         status: None,
     }
+}
+
+/// The `TF_CONFIG` of a pod's `tensorflow` container, if set.
+pub fn pod_tf_config(pod: &Pod) -> Option<&str> {
+    tensorflow_container(pod.spec.as_ref())?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == TF_CONFIG)?
+        .value
+        .as_deref()
 }
 
 /// A pod's phase (`Pending` when it has no status yet).

@@ -2,7 +2,9 @@
 
 mod support;
 
-use gantry_tfjob::JobConditionType::{Created, Failed, Restarting, Running, Succeeded, Suspended};
+use gantry_tfjob::JobConditionType::{
+    Created, Failed, Restarting, Running, ScaleRefused, Succeeded, Suspended,
+};
 use gantry_tfjob::ReplicaType;
 use support::{manifest, World};
 
@@ -360,7 +362,7 @@ fn scale_up_and_down_create_and_delete_the_highest_indices() {
     let mut w = World::new(manifest(
         "j",
         &[("Worker", 2, "Never"), ("PS", 1, "Never")],
-        "",
+        "  enableDynamicWorker: true\n",
     ));
     w.step();
     w.run_all();
@@ -393,6 +395,52 @@ fn scale_up_and_down_create_and_delete_the_highest_indices() {
         ["j-worker-1", "j-worker-2", "j-worker-3"]
     );
     assert_eq!(w.pod_names(), ["j-ps-0", "j-worker-0"]);
+}
+
+#[test]
+fn scaling_a_running_job_without_dynamic_workers_is_refused_until_reverted() {
+    let mut w = World::new(manifest(
+        "j",
+        &[("Worker", 2, "Never"), ("PS", 1, "Never")],
+        "",
+    ));
+    w.step();
+    w.run_all();
+    w.step();
+    let set_workers = |w: &mut World, n| {
+        w.job
+            .spec
+            .tf_replica_specs
+            .get_mut(&ReplicaType::Worker)
+            .unwrap()
+            .replicas = Some(n);
+    };
+    for n in [3, 1] {
+        set_workers(&mut w, n);
+        let plan = w.step();
+        assert!(
+            plan.create_pods.is_empty() && plan.delete_pods.is_empty(),
+            "{n}: {plan:?}"
+        );
+        assert!(plan.create_services.is_empty() && plan.delete_services.is_empty());
+        let status = w.status();
+        let refused = status.condition(ScaleRefused).unwrap();
+        assert_eq!(refused.reason, "TFJobScaleRefused");
+        assert!(
+            refused.message.contains("Worker: 2 running"),
+            "{}",
+            refused.message
+        );
+        assert!(refused.message.contains("enableDynamicWorker"));
+        assert_eq!(w.pod_names(), ["j-ps-0", "j-worker-0", "j-worker-1"]);
+        assert!(w.step().events.is_empty(), "the warning is not repeated");
+    }
+    assert!(w.conditions().contains(&"ScaleRefused".to_string()));
+    set_workers(&mut w, 2);
+    let plan = w.step();
+    assert_eq!(plan.events[0].reason, "TFJobScaleReverted");
+    assert!(!w.status().is(ScaleRefused));
+    assert!(plan.create_pods.is_empty());
 }
 
 #[test]
@@ -446,4 +494,50 @@ fn planning_is_deterministic() {
     let a = chief_job("ExitCode", "").step();
     let b = chief_job("ExitCode", "").step();
     assert_eq!(a, b);
+}
+
+#[test]
+fn failure_policy_decides_which_permanent_failures_fail_the_job() {
+    let policy = "  failurePolicy: {onPSFailure: false, maxWorkerFailurePercent: 50}\n";
+    let mut w = World::new(manifest(
+        "j",
+        &[
+            ("Chief", 1, "Never"),
+            ("Worker", 4, "Never"),
+            ("PS", 1, "Never"),
+        ],
+        policy,
+    ));
+    w.step();
+    w.run_all();
+    w.step();
+    // The PS and two of four workers (50 %, not more) fail for good: the job goes on.
+    w.set_pod("j-ps-0", "Failed", Some(1), 0);
+    w.set_pod("j-worker-1", "Failed", Some(1), 0);
+    w.set_pod("j-worker-2", "Failed", Some(1), 0);
+    w.step();
+    assert!(!w.status().is(Failed), "{:?}", w.conditions());
+    // A third worker (75 %): it fails.
+    w.set_pod("j-worker-3", "Failed", Some(1), 0);
+    w.step();
+    let status = w.status();
+    let failed = status.condition(Failed).unwrap();
+    assert!(
+        failed.message.contains("3 Worker replica(s) failed"),
+        "{}",
+        failed.message
+    );
+
+    // The chief still fails the job by default.
+    let mut w = World::new(manifest(
+        "j",
+        &[("Chief", 1, "Never"), ("Worker", 2, "Never")],
+        policy,
+    ));
+    w.step();
+    w.run_all();
+    w.step();
+    w.set_pod("j-chief-0", "Failed", Some(2), 0);
+    w.step();
+    assert!(w.status().is(Failed));
 }

@@ -7,6 +7,8 @@ mod driver_root;
 #[cfg(feature = "kubelet")]
 mod fake_kubelet;
 mod fake_nvml;
+#[cfg(feature = "kube")]
+pub mod kube_api;
 
 use std::path::PathBuf;
 

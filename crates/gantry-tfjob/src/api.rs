@@ -51,6 +51,31 @@ pub struct TFJobSpec {
     /// Workers may come and go: `TF_CONFIG` uses TensorFlow's sparse cluster form.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enable_dynamic_worker: bool,
+    /// Gantry addition: which permanent replica failures fail the job. Unset: any (Kubeflow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+}
+
+/// `failurePolicy` (Gantry addition): when a replica that failed for good (exit code 1-127, or
+/// `Never`/`OnFailure` pods in phase `Failed`) fails the whole job. Evaluator failures never do under
+/// a failure policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Fail the job when the Chief or Master fails; `true` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_chief_failure: Option<bool>,
+    /// Fail the job when any PS fails; `true` when unset.
+    #[serde(
+        default,
+        rename = "onPSFailure",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on_ps_failure: Option<bool>,
+    /// Fail the job only when more than this percentage (0-100) of the workers failed; 0 when unset
+    /// (any worker failure fails the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_worker_failure_percent: Option<i32>,
 }
 
 /// The replicas of one type.
@@ -264,6 +289,9 @@ pub enum JobConditionType {
     Succeeded,
     Failed,
     Suspended,
+    /// Gantry addition: `replicas` changed on a running job without `enableDynamicWorker`, so the
+    /// change is not applied (running pods would keep a stale `TF_CONFIG`). `False` once reverted.
+    ScaleRefused,
 }
 
 /// A condition's status.

@@ -8,9 +8,9 @@ mod replica_type;
 mod validate;
 
 pub use api::{
-    CleanPodPolicy, ConditionStatus, JobCondition, JobConditionType, JobStatus, ReplicaSpec,
-    ReplicaStatus, RestartPolicy, RunPolicy, SchedulingPolicy, SuccessPolicy, TFJob, TFJobSpec,
-    API_VERSION, DEFAULT_CONTAINER_NAME, DEFAULT_PORT, DEFAULT_PORT_NAME, KIND,
+    CleanPodPolicy, ConditionStatus, FailurePolicy, JobCondition, JobConditionType, JobStatus,
+    ReplicaSpec, ReplicaStatus, RestartPolicy, RunPolicy, SchedulingPolicy, SuccessPolicy, TFJob,
+    TFJobSpec, API_VERSION, DEFAULT_CONTAINER_NAME, DEFAULT_PORT, DEFAULT_PORT_NAME, KIND,
 };
 pub use error::{Error, FieldError, Result};
 pub use parse::{parse_tfjob, Parsed};

@@ -23,7 +23,8 @@ pub fn is_dns1035_label(name: &str) -> bool {
 ///   container named `tensorflow`;
 /// - at most one of Chief and Master;
 /// - and, beyond Kubeflow: `replicas`, `backoffLimit`, `ttlSecondsAfterFinished` and
-///   `schedulingPolicy.minAvailable` are not negative, `activeDeadlineSeconds` is positive.
+///   `schedulingPolicy.minAvailable` are not negative, `activeDeadlineSeconds` is positive, and
+///   Gantry's `failurePolicy.maxWorkerFailurePercent` is within 0-100.
 ///
 /// # Errors
 /// [`Error::Invalid`] with one [`FieldError`] per failure.
@@ -115,6 +116,19 @@ pub fn validate(job: &TFJob) -> Result<()> {
         errors.push(FieldError::new(
             "spec.runPolicy.activeDeadlineSeconds",
             format!("must be positive, got {v}"),
+        ));
+    }
+
+    if let Some(p) = job
+        .spec
+        .failure_policy
+        .as_ref()
+        .and_then(|f| f.max_worker_failure_percent)
+        .filter(|p| !(0..=100).contains(p))
+    {
+        errors.push(FieldError::new(
+            "spec.failurePolicy.maxWorkerFailurePercent",
+            format!("must be between 0 and 100, got {p}"),
         ));
     }
 
