@@ -219,7 +219,7 @@ pub fn parse_quantity(text: &str, scale: f64) -> Option<u64> {
         _ => return None,
     };
     let v = num * factor * scale;
-    if !v.is_finite() || v < 0.0 || v > 1.8e19 {
+    if !v.is_finite() || !(0.0..=1.8e19).contains(&v) {
         return None;
     }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
