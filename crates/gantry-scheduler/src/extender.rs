@@ -32,7 +32,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::request::PodRequest;
 use crate::schema::GpuAssignment;
-use crate::state::{assignment, lock_entry, why_not, ClusterState, Hold, NodeEntry};
+use crate::state::{assignment, lock_entry, why_not, ClusterState, Hold, NodeEntry, ScoreKey};
 use crate::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderFilterResult, HostPriority, HostPriorityList,
     MAX_EXTENDER_PRIORITY,
@@ -593,15 +593,28 @@ pub fn evaluate_entry(
     if e.problem.is_some() || e.state.memory_free < req.memory_mib {
         return None;
     }
-    let node_frag = ClusterState::node_fragmentation(e, frag, generation);
-    let ev = evaluate(policy, &e.state, req, frag, node_frag)?;
-    let gpus = if ev.gpus.len() == usize::from(req.num_gpu) {
-        ev.gpus
-    } else {
-        // `random` leaves the GPUs to the caller: take the best-fitting ones.
-        e.state.best_fit_gpus(req)
+    let key = ScoreKey {
+        cpu_milli: req.cpu_milli,
+        num_gpu: req.num_gpu,
+        gpu_milli: req.gpu_milli,
+        models: req.models,
+        generation,
     };
-    Some((ev.score, gpus))
+    if let Some(verdict) = e.cached_score(&key) {
+        return verdict;
+    }
+    let node_frag = ClusterState::node_fragmentation(e, frag, generation);
+    let verdict = evaluate(policy, &e.state, req, frag, node_frag).map(|ev| {
+        let gpus = if ev.gpus.len() == usize::from(req.num_gpu) {
+            ev.gpus
+        } else {
+            // `random` leaves the GPUs to the caller: take the best-fitting ones.
+            e.state.best_fit_gpus(req)
+        };
+        (ev.score, gpus)
+    });
+    e.cache_score(key, verdict);
+    verdict
 }
 
 /// Maps raw policy scores to 0–10: infeasible 0, the best 10, the rest 1–9 in proportion.

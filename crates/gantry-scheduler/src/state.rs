@@ -55,7 +55,23 @@ pub struct NodeEntry {
     pub state: NodeState,
     allocations: BTreeMap<String, Allocation>,
     frag_cache: Option<(u64, f64)>,
+    /// The policy's recent verdicts on this node by pod shape, cleared on every change.
+    score_cache: Vec<(ScoreKey, Option<(i64, GpuSet)>)>,
 }
+
+/// A pod shape as the policies see it (memory is checked separately), plus the fragmentation
+/// model's generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreKey {
+    pub cpu_milli: u32,
+    pub num_gpu: u8,
+    pub gpu_milli: u16,
+    pub models: ModelMask,
+    pub generation: u64,
+}
+
+/// Shapes remembered per node.
+const SCORE_CACHE: usize = 32;
 
 impl NodeEntry {
     fn recompute(&mut self) {
@@ -83,6 +99,23 @@ impl NodeEntry {
         }
         s.gpu_free = free;
         self.frag_cache = None;
+        self.score_cache.clear();
+    }
+
+    /// A cached verdict for `key` (`Some(None)`: cached as not fitting).
+    pub fn cached_score(&self, key: &ScoreKey) -> Option<Option<(i64, GpuSet)>> {
+        self.score_cache
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+    }
+
+    /// Remembers a verdict, forgetting the oldest beyond the cache's size.
+    pub fn cache_score(&mut self, key: ScoreKey, verdict: Option<(i64, GpuSet)>) {
+        if self.score_cache.len() >= SCORE_CACHE {
+            self.score_cache.remove(0);
+        }
+        self.score_cache.push((key, verdict));
     }
 
     /// A copy of the node's state (without its allocation list) to plan on.
@@ -94,6 +127,7 @@ impl NodeEntry {
             state: self.state.clone(),
             allocations: BTreeMap::new(),
             frag_cache: None,
+            score_cache: Vec::new(),
         }
     }
 
@@ -111,6 +145,7 @@ impl NodeEntry {
             s.class_pods[c] += 1;
         }
         self.frag_cache = None;
+        self.score_cache.clear();
     }
 
     pub fn allocation(&self, id: &str) -> Option<&Allocation> {
@@ -364,6 +399,7 @@ impl ClusterState {
                     state,
                     allocations: BTreeMap::new(),
                     frag_cache: None,
+                    score_cache: Vec::new(),
                 };
                 e.recompute();
                 self.nodes
