@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+mod apiserver;
 mod server;
 
+pub use apiserver::{ApiServer, SyncStats};
 pub use server::{router, serve, Binder, Clock, ServerConfig, SystemClock};
 
 /// Errors of the extender's shell.
@@ -16,6 +18,12 @@ pub enum Error {
     },
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    #[error("API server {method} {path}: {reason}")]
+    Api {
+        method: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -24,6 +32,7 @@ impl Error {
         match self {
             Error::Bind { .. } => "bind",
             Error::Serve(_) => "serve",
+            Error::Api { .. } => "api",
         }
     }
 }
