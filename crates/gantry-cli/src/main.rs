@@ -39,6 +39,8 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
     DevicePlugin(cmd::device_plugin::Args),
+    /// Serve kube-scheduler's extender protocol: place GPU pods on nodes and GPUs.
+    Scheduler(cmd::scheduler::Args),
     /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
     Simulate(cmd::simulate::Args),
 }
@@ -82,7 +84,7 @@ impl Command {
     /// One-shot commands keep stderr quiet; long-running daemons log their progress.
     fn default_log_level(&self) -> &'static str {
         match self {
-            Command::DevicePlugin(_) => "info",
+            Command::DevicePlugin(_) | Command::Scheduler(_) => "info",
             _ => "warn",
         }
     }
@@ -94,6 +96,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Gpus(args) => cmd::gpus::run(&args, &mut out)?,
         Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
+        Command::Scheduler(args) => cmd::scheduler::run(&args)?,
         Command::Simulate(args) => return cmd::simulate::run(&args),
         Command::Validate(args) => {
             if !cmd::validate::run(&args, &mut out)? {

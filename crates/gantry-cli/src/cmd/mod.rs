@@ -3,5 +3,6 @@
 pub mod device_plugin;
 pub mod discovery_args;
 pub mod gpus;
+pub mod scheduler;
 pub mod simulate;
 pub mod validate;
