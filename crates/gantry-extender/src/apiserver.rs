@@ -35,6 +35,7 @@ pub struct SyncStats {
     pub nodes: usize,
     pub pods: usize,
     pub removed_nodes: usize,
+    pub removed_pods: usize,
     pub rejected: usize,
 }
 
@@ -144,6 +145,12 @@ impl ApiServer {
                 stats.rejected += 1;
             }
         }
+        let live: BTreeSet<String> = pods
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        stats.removed_pods = extender.retain_pods(&live);
         Ok(stats)
     }
 }

@@ -185,6 +185,19 @@ impl Extender {
     /// towards their gang.
     pub fn observe_pod(&self, pod: &Pod) -> Result<()> {
         self.state.upsert_pod(pod)?;
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if finished {
+            if let Some(uid) = &pod.metadata.uid {
+                for m in lock(&self.gangs).members.values_mut() {
+                    m.remove(uid);
+                }
+            }
+            return Ok(());
+        }
         if let (Ok(r), Some(_)) = (
             PodRequest::from_pod(pod),
             pod.spec.as_ref().and_then(|s| s.node_name.as_ref()),
@@ -198,6 +211,22 @@ impl Extender {
             }
         }
         Ok(())
+    }
+
+    /// After a full list of bound pods: forgets pods no longer there (deleted), also as gang
+    /// members.
+    pub fn retain_pods(&self, live: &BTreeSet<String>) -> usize {
+        let gone = self.state.retain_bound(live);
+        if !gone.is_empty() {
+            let mut gangs = lock(&self.gangs);
+            for members in gangs.members.values_mut() {
+                for uid in &gone {
+                    members.remove(uid);
+                }
+            }
+            gangs.members.retain(|_, m| !m.is_empty());
+        }
+        gone.len()
     }
 
     /// The `filter` verb.

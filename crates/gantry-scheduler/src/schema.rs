@@ -262,3 +262,24 @@ impl GpuAssignment {
         self.gpus.iter().map(|g| g.uuid.as_str()).collect()
     }
 }
+
+/// The bind-to-Allocate handshake, device plugin side: an `Allocate` of `units` of
+/// `gantry.dev/gpu-milli` arrives on node `node` without saying for which pod. It is for the
+/// first pod in `bound` (the device plugin passes the node's bound pods oldest first, with their
+/// assignment annotations) that is assigned to `node`, whose assignment totals `units`, and that
+/// is not in `allocated` yet. Returns that pod's key and the GPU UUIDs to hand out.
+pub fn allocate_target<'a>(
+    node: &str,
+    units: u32,
+    bound: &'a [(String, GpuAssignment)],
+    allocated: &std::collections::BTreeSet<String>,
+) -> Option<(&'a str, Vec<&'a str>)> {
+    bound
+        .iter()
+        .find(|(pod, a)| {
+            a.node == node
+                && !allocated.contains(pod)
+                && a.gpus.iter().map(|g| u32::from(g.milli)).sum::<u32>() == units
+        })
+        .map(|(pod, a)| (pod.as_str(), a.gpu_uuids()))
+}

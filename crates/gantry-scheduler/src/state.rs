@@ -499,6 +499,38 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Forgets every *bound* pod whose UID is not in `live` (pods deleted since the last list).
+    /// Binds in flight and gang reservations are kept. Returns the UIDs forgotten.
+    pub fn retain_bound(&self, live: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let nodes: Vec<_> = self
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut gone = Vec::new();
+        for n in nodes {
+            let mut e = lock(&n);
+            let before = e.allocations.len();
+            e.allocations.retain(|id, a| {
+                let keep = a.hold != Hold::Bound || live.contains(id);
+                if !keep {
+                    gone.push(id.clone());
+                }
+                keep
+            });
+            if e.allocations.len() != before {
+                e.recompute();
+            }
+        }
+        let mut pods = lock(&self.pods);
+        for id in &gone {
+            pods.remove(id);
+        }
+        gone
+    }
+
     /// Releases whatever pod `uid` holds.
     pub fn remove_pod(&self, uid: &str) {
         let node = lock(&self.pods).remove(uid);

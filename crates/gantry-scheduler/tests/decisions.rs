@@ -475,3 +475,68 @@ fn a_failed_member_bind_returns_its_slot() {
         .iter()
         .all(|(_, _, a)| a.hold == Hold::Reserved));
 }
+
+// Bind-to-Allocate handshake and cache hygiene ------------------------------------------------
+
+#[test]
+fn allocate_hands_out_exactly_the_gpu_the_scheduler_recorded() {
+    use gantry_scheduler::schema::allocate_target;
+    let ext = cluster();
+    let now = Instant::now();
+    let mut bound = Vec::new();
+    for (name, milli) in [("a", 500), ("b", 300), ("c", 500)] {
+        ext.filter(&args(pod_json(name, "1", 0, milli, None), &["t4"]), now);
+        let plan = bind(&ext, name, "t4", now);
+        bound.push((format!("ml/{name}"), plan.assignment));
+    }
+    let inventory = gantry_testkit::load_inventory("t4-pcie-4.yaml");
+    let mut allocated = BTreeSet::new();
+    // Two Allocates of 500 units: pods a then c, each with its own recorded GPU.
+    for want in ["ml/a", "ml/c"] {
+        let (pod, uuids) = allocate_target("t4", 500, &bound, &allocated).unwrap();
+        assert_eq!(pod, want);
+        let recorded = &bound.iter().find(|(p, _)| p == want).unwrap().1;
+        assert_eq!(uuids, vec![recorded.gpus[0].uuid.as_str()]);
+        assert!(
+            inventory.gpu_by_uuid(uuids[0]).is_some(),
+            "a real GPU of the node"
+        );
+        allocated.insert(pod.to_string());
+    }
+    assert_eq!(
+        allocate_target("t4", 300, &bound, &allocated).unwrap().0,
+        "ml/b"
+    );
+    assert!(allocate_target("t4", 500, &bound, &allocated).is_none());
+    assert!(allocate_target("h100", 300, &bound, &BTreeSet::new()).is_none());
+}
+
+#[test]
+fn pods_gone_from_the_api_release_their_gpus_but_binds_in_flight_stay() {
+    let ext = cluster();
+    let now = Instant::now();
+    ext.filter(&args(pod_json("done", "1", 2, 0, None), &["t4"]), now);
+    bind(&ext, "done", "t4", now);
+    ext.filter(&args(pod_json("flying", "1", 2, 0, None), &["t4"]), now);
+    let flying = ext
+        .begin_bind(
+            &ExtenderBindingArgs {
+                pod_name: "flying".into(),
+                pod_namespace: "ml".into(),
+                pod_uid: "uid-flying".into(),
+                node: "t4".into(),
+            },
+            now,
+        )
+        .unwrap();
+    // A list that no longer has `done`: it is forgotten; `flying` is still being written.
+    assert_eq!(ext.retain_pods(&BTreeSet::new()), 1);
+    let held: Vec<_> = ext
+        .state()
+        .all_allocations()
+        .into_iter()
+        .map(|(_, id, _)| id)
+        .collect();
+    assert_eq!(held, vec!["uid-flying".to_string()]);
+    ext.finish_bind(&flying, true);
+}
