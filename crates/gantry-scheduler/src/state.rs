@@ -386,6 +386,15 @@ impl ClusterState {
         match existing {
             Some(entry) => {
                 let mut e = lock(&entry);
+                let same = e.gpus == gpus
+                    && e.problem == problem
+                    && e.state.cpu_capacity == state.cpu_capacity
+                    && e.state.memory_capacity == state.memory_capacity
+                    && e.state.model == state.model;
+                if same {
+                    // A periodic re-list: keep the caches.
+                    return Ok(());
+                }
                 e.gpus = gpus;
                 e.problem = problem;
                 e.state = state;
@@ -459,6 +468,12 @@ impl ClusterState {
                 .iter()
                 .filter_map(|g| u8::try_from(g.index).ok().map(|i| (i, g.milli)))
                 .collect(),
+            // Seen before without an annotation: keep the GPUs it was counted on.
+            None if e.allocations.contains_key(&uid) => e
+                .allocations
+                .get(&uid)
+                .map(|a| a.gpus.clone())
+                .unwrap_or_default(),
             None if req.num_gpu > 0 => {
                 // Bound without our annotation (whole GPUs placed by the kubelet): count the
                 // best-fitting GPUs, as the engine would have.
@@ -476,17 +491,28 @@ impl ClusterState {
         let class = (req.num_gpu > 0)
             .then(|| self.engine_request(&req).gpu_class())
             .flatten();
-        e.allocations.insert(
-            uid.clone(),
-            Allocation {
-                cpu_milli: req.cpu_milli,
-                memory_mib: req.memory_mib,
-                gpus,
-                hold: Hold::Bound,
-                class,
-            },
-        );
-        e.recompute();
+        let allocation = Allocation {
+            cpu_milli: req.cpu_milli,
+            memory_mib: req.memory_mib,
+            gpus,
+            hold: Hold::Bound,
+            class,
+        };
+        let unchanged = e.allocations.get(&uid).is_some_and(|a| {
+            a.cpu_milli == allocation.cpu_milli
+                && a.memory_mib == allocation.memory_mib
+                && a.gpus == allocation.gpus
+        });
+        if unchanged {
+            // Seen again (a re-list), or our own bind now visible in the API: same capacity,
+            // so the node's caches stay valid.
+            if let Some(a) = e.allocations.get_mut(&uid) {
+                a.hold = Hold::Bound;
+            }
+        } else {
+            e.allocations.insert(uid.clone(), allocation);
+            e.recompute();
+        }
         drop(e);
         let previous = lock(&self.pods).insert(uid.clone(), node.clone());
         if let Some(prev) = previous.filter(|p| *p != node) {

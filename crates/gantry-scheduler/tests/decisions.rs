@@ -540,3 +540,32 @@ fn pods_gone_from_the_api_release_their_gpus_but_binds_in_flight_stay() {
     assert_eq!(held, vec!["uid-flying".to_string()]);
     ext.finish_bind(&flying, true);
 }
+
+#[test]
+fn a_relist_changes_nothing_and_an_annotation_change_is_applied() {
+    let ext = cluster();
+    let now = Instant::now();
+    // A whole-GPU pod bound by someone else (no assignment annotation).
+    let mut other = pod_json("other", "1", 1, 0, None);
+    other["spec"]["nodeName"] = json!("t4");
+    let other: k8s_openapi::api::core::v1::Pod = serde_json::from_value(other).unwrap();
+    ext.observe_pod(&other).unwrap();
+    let first = ext.state().all_allocations();
+    for _ in 0..3 {
+        ext.observe_pod(&other).unwrap();
+        ext.state()
+            .upsert_node(&node("t4", 32, 128, Some("t4-pcie-4.yaml")))
+            .unwrap();
+    }
+    assert_eq!(
+        ext.state().all_allocations(),
+        first,
+        "re-lists are idempotent"
+    );
+    // The node loses half its CPU: the next filter sees it.
+    ext.state()
+        .upsert_node(&node("t4", 2, 128, Some("t4-pcie-4.yaml")))
+        .unwrap();
+    let r = ext.filter(&args(pod_json("p", "2", 1, 0, None), &["t4"]), now);
+    assert!(r.failed_nodes["t4"].contains("not enough CPU"), "{r:?}");
+}
