@@ -254,7 +254,8 @@ impl Extender {
             },
             None => None,
         };
-        for name in candidates {
+        let entries = self.state.nodes_of(&candidates);
+        for (name, entry) in candidates.into_iter().zip(entries) {
             if let Some(slots) = &gang_nodes {
                 if slots.contains(&name) {
                     passed.push(name);
@@ -266,7 +267,7 @@ impl Extender {
                 }
                 continue;
             }
-            let Some(entry) = self.state.node(&name) else {
+            let Some(entry) = entry else {
                 result.failed_and_unresolvable_nodes.insert(
                     name,
                     "node unknown to the Gantry extender (no Node object seen yet)".to_string(),
@@ -339,23 +340,29 @@ impl Extender {
             }
         }
         let engine_req = self.state.engine_request(&req);
-        let raw: Vec<Option<i64>> = candidates
-            .iter()
-            .map(|name| self.score(name, &engine_req).map(|(s, _)| s))
+        let (frag, generation) = self.state.fragmentation();
+        let raw: Vec<Option<i64>> = self
+            .state
+            .nodes_of(&candidates)
+            .into_iter()
+            .map(|entry| {
+                let entry = entry?;
+                let mut e = lock_entry(&entry);
+                evaluate_entry(
+                    self.config.policy,
+                    &mut e,
+                    &engine_req,
+                    frag.as_deref(),
+                    generation,
+                )
+                .map(|(s, _)| s)
+            })
             .collect();
         Ok(candidates
             .into_iter()
             .zip(scale_scores(&raw))
             .map(|(host, score)| HostPriority { host, score })
             .collect())
-    }
-
-    /// The policy's score and GPUs for `req` on node `name`; `None` if it does not fit.
-    fn score(&self, name: &str, req: &Request) -> Option<(i64, GpuSet)> {
-        let entry = self.state.node(name)?;
-        let (frag, generation) = self.state.fragmentation();
-        let mut e = lock_entry(&entry);
-        evaluate_entry(self.config.policy, &mut e, req, frag.as_deref(), generation)
     }
 
     /// Starts the `bind` verb: chooses the GPUs on the node and holds them as assumed.

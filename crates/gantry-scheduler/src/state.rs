@@ -8,7 +8,7 @@
 //! node never waits for another bind's API writes. Choosing GPUs and recording the allocation
 //! happen under the same node lock, so two binds can never be handed the same GPU capacity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use gantry_placement::{
@@ -56,12 +56,12 @@ pub struct NodeEntry {
     allocations: BTreeMap<String, Allocation>,
     frag_cache: Option<(u64, f64)>,
     /// The policy's recent verdicts on this node by pod shape, cleared on every change.
-    score_cache: Vec<(ScoreKey, Option<(i64, GpuSet)>)>,
+    score_cache: HashMap<ScoreKey, Option<(i64, GpuSet)>>,
 }
 
 /// A pod shape as the policies see it (memory is checked separately), plus the fragmentation
 /// model's generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ScoreKey {
     pub cpu_milli: u32,
     pub num_gpu: u8,
@@ -70,8 +70,8 @@ pub struct ScoreKey {
     pub generation: u64,
 }
 
-/// Shapes remembered per node.
-const SCORE_CACHE: usize = 32;
+/// Shapes remembered per node (the Alibaba trace has 81 distinct GPU pod shapes).
+const SCORE_CACHE: usize = 256;
 
 impl NodeEntry {
     fn recompute(&mut self) {
@@ -104,18 +104,15 @@ impl NodeEntry {
 
     /// A cached verdict for `key` (`Some(None)`: cached as not fitting).
     pub fn cached_score(&self, key: &ScoreKey) -> Option<Option<(i64, GpuSet)>> {
-        self.score_cache
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| *v)
+        self.score_cache.get(key).copied()
     }
 
     /// Remembers a verdict, forgetting the oldest beyond the cache's size.
     pub fn cache_score(&mut self, key: ScoreKey, verdict: Option<(i64, GpuSet)>) {
         if self.score_cache.len() >= SCORE_CACHE {
-            self.score_cache.remove(0);
+            self.score_cache.clear();
         }
-        self.score_cache.push((key, verdict));
+        self.score_cache.insert(key, verdict);
     }
 
     /// A copy of the node's state (without its allocation list) to plan on.
@@ -127,7 +124,7 @@ impl NodeEntry {
             state: self.state.clone(),
             allocations: BTreeMap::new(),
             frag_cache: None,
-            score_cache: Vec::new(),
+            score_cache: HashMap::new(),
         }
     }
 
@@ -217,6 +214,12 @@ impl ClusterState {
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
             .cloned()
+    }
+
+    /// The entries of `names`, in order, under one read lock.
+    pub fn nodes_of(&self, names: &[String]) -> Vec<Option<Arc<Mutex<NodeEntry>>>> {
+        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
+        names.iter().map(|n| nodes.get(n).cloned()).collect()
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -408,7 +411,7 @@ impl ClusterState {
                     state,
                     allocations: BTreeMap::new(),
                     frag_cache: None,
-                    score_cache: Vec::new(),
+                    score_cache: HashMap::new(),
                 };
                 e.recompute();
                 self.nodes
