@@ -90,6 +90,7 @@ fn main() {
     let workload = TargetWorkload::from_pods(&pods, gantry_simulator::DEFAULT_COVERAGE);
     println!("| nodes | GPUs | GPU allocated | samples | filter+prioritize p50 | p99 | max |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut parts = Vec::new();
     for size in [1000usize, 5000] {
         let ext = Extender::new(Config {
             workload: Some(workload.clone()),
@@ -151,6 +152,9 @@ fn main() {
         }
         // Measure.
         let mut times = Vec::with_capacity(samples);
+        let mut json_times = Vec::with_capacity(samples);
+        let mut filter_times = Vec::with_capacity(samples);
+        let mut prioritize_times = Vec::with_capacity(samples);
         let names_json = serde_json::to_value(&names).unwrap();
         for s in 0..samples {
             let p = &pods[rng.below(pods.len())];
@@ -160,7 +164,9 @@ fn main() {
             .unwrap();
             let t = Instant::now();
             let a: ExtenderArgs = serde_json::from_slice(&body).unwrap();
+            let td = Instant::now();
             let f: ExtenderFilterResult = ext.filter(&a, Instant::now());
+            let tf = Instant::now();
             let out = serde_json::to_vec(&f).unwrap();
             let t1 = Instant::now();
             // kube-scheduler then sends prioritize for the nodes that passed.
@@ -170,14 +176,29 @@ fn main() {
                     .unwrap();
             let t2 = Instant::now();
             let a2: ExtenderArgs = serde_json::from_slice(&body2).unwrap();
+            let tp0 = Instant::now();
             let scores = ext.prioritize(&a2, Instant::now()).unwrap();
+            let tp = Instant::now();
             let out2 = serde_json::to_vec(&scores).unwrap();
             let end = Instant::now();
+            json_times.push((td - t) + (t1 - tf) + (tp0 - t2) + (end - tp));
+            filter_times.push(tf - td);
+            prioritize_times.push(tp - tp0);
             // Building body2 stands in for kube-scheduler's work: not counted.
             times.push((t1 - t) + (end - t2));
             std::hint::black_box((out, out2));
         }
         times.sort();
+        json_times.sort();
+        filter_times.sort();
+        prioritize_times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        parts.push(format!(
+            "| {size} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(percentile(&json_times, 0.5)),
+            ms(percentile(&filter_times, 0.5)),
+            ms(percentile(&prioritize_times, 0.5)),
+        ));
         println!(
             "| {size} | {gpus_total} | {:.1} % | {samples} | {:.2} ms | {:.2} ms | {:.2} ms |",
             allocated as f64 / (gpus_total as f64 * 10.0),
@@ -185,5 +206,11 @@ fn main() {
             percentile(&times, 0.99).as_secs_f64() * 1e3,
             times.last().unwrap().as_secs_f64() * 1e3,
         );
+    }
+    println!();
+    println!("| nodes | JSON decode+encode p50 | filter p50 | prioritize p50 |");
+    println!("|---:|---:|---:|---:|");
+    for line in parts {
+        println!("{line}");
     }
 }
