@@ -43,6 +43,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
     DevicePlugin(cmd::device_plugin::Args),
+    /// Serve kube-scheduler's extender protocol: place GPU pods on nodes and GPUs.
+    Scheduler(cmd::scheduler::Args),
     /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
     Simulate(cmd::simulate::Args),
     /// Print the TFJob CRD (kubeflow.org/v1) with CEL validation, generated from the types.
@@ -90,7 +92,7 @@ impl Command {
     /// One-shot commands keep stderr quiet; long-running daemons log their progress.
     fn default_log_level(&self) -> &'static str {
         match self {
-            Command::DevicePlugin(_) | Command::Operator(_) => "info",
+            Command::DevicePlugin(_) | Command::Operator(_) | Command::Scheduler(_) => "info",
             _ => "warn",
         }
     }
@@ -113,6 +115,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             return cmd::run::run(args);
         }
         Command::DevicePlugin(args) => cmd::device_plugin::run(&args)?,
+        Command::Scheduler(args) => cmd::scheduler::run(&args)?,
         Command::Simulate(args) => return cmd::simulate::run(&args),
         Command::Validate(args) => {
             if !cmd::validate::run(&args, &mut out)? {

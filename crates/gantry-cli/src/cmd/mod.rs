@@ -7,5 +7,6 @@ pub mod discovery_args;
 pub mod gpus;
 pub mod operator;
 pub mod run;
+pub mod scheduler;
 pub mod simulate;
 pub mod validate;

@@ -1,0 +1,119 @@
+//! `gantry scheduler`: the kube-scheduler HTTP extender.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gantry_extender::{router, serve, ApiServer, ServerConfig, SystemClock};
+use gantry_placement::{Policy, TargetWorkload};
+use gantry_scheduler::{default_workload, Config, Extender};
+
+/// Serve kube-scheduler's extender protocol (filter, prioritize, bind): place GPU pods on nodes
+/// and GPUs with Gantry's placement engine.
+///
+/// The cluster state comes from the API server through a local authenticating proxy
+/// (`kubectl proxy` sidecar): Nodes with the device plugin's `gantry.dev/gpus` annotation and
+/// the pods bound to them. Every flag has an environment variable.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to serve the extender on (kube-scheduler's `urlPrefix` points here).
+    #[arg(long, env = "GANTRY_SCHEDULER_LISTEN", default_value = "0.0.0.0:8888")]
+    pub listen: SocketAddr,
+
+    /// Node scoring policy: random, dot-product, gpu-clustering, gpu-packing, best-fit, fgd,
+    /// frag-cpu (Gantry's best in the simulator).
+    #[arg(long, env = "GANTRY_SCHEDULER_POLICY", default_value = "frag-cpu")]
+    pub policy: String,
+
+    /// Target workload for fgd/frag-cpu: a pod list CSV in the Alibaba `openb` format. Default:
+    /// a built-in mix of shared, 1-, 2-, 4- and 8-GPU pods.
+    #[arg(long, env = "GANTRY_SCHEDULER_WORKLOAD")]
+    pub workload: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes (node names only: ~20 bytes a node; full Node
+    /// objects: ~10 KiB a node).
+    #[arg(long, env = "GANTRY_SCHEDULER_BODY_LIMIT", default_value_t = 16 << 20)]
+    pub body_limit: usize,
+
+    /// Seconds a gang's reservation waits for its members to bind before it is released.
+    #[arg(long, env = "GANTRY_SCHEDULER_GANG_TIMEOUT", default_value_t = 60)]
+    pub gang_timeout: u64,
+
+    /// Address of the local API proxy (`kubectl proxy --port 8001`).
+    #[arg(
+        long,
+        env = "GANTRY_SCHEDULER_API_PROXY",
+        default_value = "127.0.0.1:8001"
+    )]
+    pub api_proxy: SocketAddr,
+
+    /// Seconds between refreshes of the node and pod cache from the API.
+    #[arg(long, env = "GANTRY_SCHEDULER_SYNC_INTERVAL", default_value_t = 5)]
+    pub sync_interval: u64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let policy: Policy = args.policy.parse()?;
+    let workload = match &args.workload {
+        Some(path) => {
+            let pods = gantry_simulator::trace::load_pods(path)
+                .with_context(|| format!("reading the target workload {}", path.display()))?;
+            TargetWorkload::from_pods(&pods, gantry_simulator::DEFAULT_COVERAGE)
+        }
+        None => default_workload(),
+    };
+    let extender = Arc::new(Extender::new(Config {
+        policy,
+        workload: Some(workload),
+        gang_timeout: Duration::from_secs(args.gang_timeout),
+        ..Config::default()
+    })?);
+    let api = Arc::new(ApiServer::new(args.api_proxy));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let interval = Duration::from_secs(args.sync_interval.max(1));
+    runtime.block_on(async move {
+        let sync_ext = extender.clone();
+        let sync_api = api.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                match sync_api.sync(&sync_ext).await {
+                    Ok(s) => tracing::debug!(nodes = s.nodes, pods = s.pods, "cache synced"),
+                    Err(e) => tracing::warn!(error = %e, "cache sync failed; retrying"),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(listen = %args.listen, %policy, "gantry scheduler extender serving");
+        let app = router(
+            extender,
+            api,
+            SystemClock,
+            ServerConfig {
+                body_limit: args.body_limit,
+            },
+        );
+        serve(listener, app, async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await?;
+        Ok(())
+    })
+}

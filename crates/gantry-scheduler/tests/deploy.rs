@@ -1,0 +1,105 @@
+//! The shipped `deploy/scheduler/` manifests agree with the code: resource names, the extender
+//! stanza, and the extender's address.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gantry_scheduler::schema::{RESOURCE_GPU, RESOURCE_GPU_MILLI};
+use serde_yaml::Value;
+
+fn manifest(name: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/scheduler")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn scheduler_configuration_has_the_extender_stanza() {
+    let cm = &manifest("config.yaml")[0];
+    let cfg: Value = serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(cfg["kind"], "KubeSchedulerConfiguration");
+    assert_eq!(cfg["percentageOfNodesToScore"], 100);
+    let profile = &cfg["profiles"][0];
+    assert_eq!(profile["schedulerName"], "gantry-scheduler");
+    let disabled: Vec<&str> = profile["plugins"]["score"]["disabled"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        disabled.contains(&"NodeResourcesFit")
+            && disabled.contains(&"NodeResourcesBalancedAllocation")
+    );
+    let ext = &cfg["extenders"][0];
+    assert_eq!(ext["nodeCacheCapable"], true);
+    assert_eq!(
+        (
+            ext["filterVerb"].as_str(),
+            ext["prioritizeVerb"].as_str(),
+            ext["bindVerb"].as_str()
+        ),
+        (Some("filter"), Some("prioritize"), Some("bind"))
+    );
+    let managed: Vec<(&str, bool)> = ext["managedResources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["ignoredByScheduler"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(managed, [(RESOURCE_GPU, false), (RESOURCE_GPU_MILLI, true)]);
+
+    // The extender listens where kube-scheduler calls it.
+    let deployment = &manifest("deployment.yaml")[0];
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap();
+    let extender = containers.iter().find(|c| c["name"] == "extender").unwrap();
+    let listen = extender["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "GANTRY_SCHEDULER_LISTEN")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        ext["urlPrefix"].as_str().unwrap(),
+        format!("http://{listen}")
+    );
+}
+
+#[test]
+fn rbac_allows_the_extender_writes() {
+    let docs = manifest("rbac.yaml");
+    let role = docs
+        .iter()
+        .find(|d| {
+            d["metadata"]["name"] == "gantry-scheduler-extender" && d["kind"] == "ClusterRole"
+        })
+        .unwrap();
+    let rules = role["rules"].as_sequence().unwrap();
+    let allows = |res: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r["resources"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|x| x == res)
+                && r["verbs"].as_sequence().unwrap().iter().any(|x| x == verb)
+        })
+    };
+    assert!(
+        allows("pods", "patch")
+            && allows("pods/binding", "create")
+            && allows("nodes", "list")
+            && allows("pods", "list")
+    );
+}
