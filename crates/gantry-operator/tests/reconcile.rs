@@ -640,7 +640,7 @@ async fn scaling_dynamic_workers_adds_a_worker_with_a_sparse_tf_config() {
         assert_eq!(names(&expect_creates(s, SERVICES, 1).await), ["dyn-worker-2"]);
         let new = expect_creates(s, PODS, 1).await;
         let tf_config: Value = serde_json::from_str(new[0]["spec"]["containers"][0]["env"][0]["value"].as_str().unwrap()).unwrap();
-        assert_eq!(tf_config["cluster"], json!({"worker": {"2": "dyn-worker-2.default.svc:2222"}, "ps": ["dyn-ps-0.default.svc:2222"]}));
+        assert_eq!(tf_config["sparseCluster"], json!({"worker": {"2": "dyn-worker-2.default.svc:2222"}, "ps": ["dyn-ps-0.default.svc:2222"]}));
         expect_status(s, "dyn").await;
     })
     .await;
