@@ -88,6 +88,15 @@ pub fn plan_resources(inventory: &NodeInventory, config: &PluginConfig) -> Resul
             path: format!("/dev/nvidia{minor}"),
         }]
     };
+    // A whole GPU as one device, under its own UUID.
+    let whole_gpu = |gpu: &gantry_gpu::Gpu| PluginDevice {
+        id: gpu.uuid.to_string(),
+        target: gpu.uuid.clone(),
+        gpu_index: gpu.index,
+        numa_node: gpu.numa_node,
+        health: gpu.health.clone(),
+        dev_nodes: gpu_nodes(gpu.minor),
+    };
     match strategy {
         MigStrategy::None => {
             by_name.entry(GPU_RESOURCE.to_owned()).or_default();
@@ -95,14 +104,7 @@ pub fn plan_resources(inventory: &NodeInventory, config: &PluginConfig) -> Resul
                 by_name
                     .entry(GPU_RESOURCE.to_owned())
                     .or_default()
-                    .push(PluginDevice {
-                        id: gpu.uuid.to_string(),
-                        target: gpu.uuid.clone(),
-                        gpu_index: gpu.index,
-                        numa_node: gpu.numa_node,
-                        health: gpu.health.clone(),
-                        dev_nodes: gpu_nodes(gpu.minor),
-                    });
+                    .push(whole_gpu(gpu));
             }
         }
         MigStrategy::Single | MigStrategy::Mixed => {
@@ -119,14 +121,7 @@ pub fn plan_resources(inventory: &NodeInventory, config: &PluginConfig) -> Resul
                     by_name
                         .entry(GPU_RESOURCE.to_owned())
                         .or_default()
-                        .push(PluginDevice {
-                            id: gpu.uuid.to_string(),
-                            target: gpu.uuid.clone(),
-                            gpu_index: gpu.index,
-                            numa_node: gpu.numa_node,
-                            health: gpu.health.clone(),
-                            dev_nodes: gpu_nodes(gpu.minor),
-                        });
+                        .push(whole_gpu(gpu));
                     continue;
                 }
                 for mig in &gpu.mig_devices {
