@@ -41,6 +41,16 @@ fn inventory_discovery(path: PathBuf) -> DiscoveryConfig {
     }
 }
 
+/// NVML through the fake library at `lib`; no driver root (the MIG minor table is not needed).
+fn nvml_discovery(lib: PathBuf) -> DiscoveryConfig {
+    DiscoveryConfig {
+        backend: BackendChoice::Only(BackendKind::Nvml),
+        root: "/nonexistent".into(),
+        inventory: None,
+        nvml_lib: Some(lib),
+    }
+}
+
 async fn started(
     kubelet_dir: &Path,
     discovery: DiscoveryConfig,
@@ -269,12 +279,7 @@ async fn xid_marks_a_gpu_unhealthy_and_a_good_probe_restores_it() {
         lib_dir.path(),
         &format!("inventory: {}\nfaults:\n  xids:\n    - {{ gpu: 2, xid: 43, after_waits: 1 }}\n    - {{ gpu: 5, xid: 79, after_waits: 3 }}\n", fixture.display()),
     );
-    let discovery = DiscoveryConfig {
-        backend: BackendChoice::Only(BackendKind::Nvml),
-        root: "/nonexistent".into(),
-        inventory: None,
-        nvml_lib: Some(lib),
-    };
+    let discovery = nvml_discovery(lib);
     let (mut kubelet, running) = started(dir.path(), discovery, "").await;
     let endpoint = kubelet.next_registration(WAIT).await.unwrap().endpoint;
     let mut stream = kubelet
@@ -326,12 +331,7 @@ async fn a_lost_gpu_turns_unhealthy() {
             fixture.display()
         ),
     );
-    let discovery = DiscoveryConfig {
-        backend: BackendChoice::Only(BackendKind::Nvml),
-        root: "/nonexistent".into(),
-        inventory: None,
-        nvml_lib: Some(lib),
-    };
+    let discovery = nvml_discovery(lib);
     let (mut kubelet, running) = started(dir.path(), discovery, "").await;
     let endpoint = kubelet.next_registration(WAIT).await.unwrap().endpoint;
     let mut stream = kubelet
