@@ -32,7 +32,9 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::request::PodRequest;
 use crate::schema::GpuAssignment;
-use crate::state::{assignment, lock_entry, why_not, ClusterState, Hold, NodeEntry, ScoreKey};
+use crate::state::{
+    assignment, lock_entry, unfit, ClusterState, Hold, NodeEntry, ReasonTexts, ScoreKey,
+};
 use crate::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderFilterResult, HostPriority, HostPriorityList,
     MAX_EXTENDER_PRIORITY,
@@ -257,6 +259,8 @@ impl Extender {
         // Collected, then built in bulk: much cheaper than thousands of map inserts.
         let mut failed: Vec<(String, String)> = Vec::new();
         let mut unresolvable_nodes: Vec<(String, String)> = Vec::new();
+        let mut texts = ReasonTexts::default();
+        passed.reserve(candidates.len());
         let entries = self.state.nodes_of(&candidates);
         for (name, entry) in candidates.into_iter().zip(entries) {
             if let Some(slots) = &gang_nodes {
@@ -282,10 +286,9 @@ impl Extender {
                 drop(e);
                 passed.push(name);
             } else {
-                let reason = why_not(&e, &engine_req);
-                let unresolvable = e.problem.is_some()
-                    || (engine_req.num_gpu > 0 && !e.state.model_accepts(&engine_req))
-                    || e.state.gpu_count < engine_req.num_gpu;
+                let why = unfit(&e, &engine_req);
+                let unresolvable = why.unresolvable();
+                let reason = texts.text(why, &engine_req);
                 drop(e);
                 if unresolvable {
                     unresolvable_nodes.push((name, reason));

@@ -181,7 +181,10 @@ struct Models {
 /// The cluster state. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct ClusterState {
-    nodes: RwLock<BTreeMap<String, Arc<Mutex<NodeEntry>>>>,
+    /// By name. Hashed, not ordered: `filter` and `prioritize` look up every candidate node on
+    /// every call, and at thousands of nodes a B-tree's string comparisons (each one a pointer
+    /// chase into a different heap string) cost more than the whole rest of `filter`.
+    nodes: RwLock<HashMap<String, Arc<Mutex<NodeEntry>>>>,
     models: RwLock<Models>,
     workload: Option<TargetWorkload>,
     /// Pod UID → node it holds capacity on.
@@ -222,13 +225,17 @@ impl ClusterState {
         names.iter().map(|n| nodes.get(n).cloned()).collect()
     }
 
+    /// Every node's name, sorted.
     pub fn node_names(&self) -> Vec<String> {
-        self.nodes
+        let mut names: Vec<String> = self
+            .nodes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .keys()
             .cloned()
-            .collect()
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     pub fn len(&self) -> usize {
@@ -677,7 +684,8 @@ impl ClusterState {
         }
     }
 
-    /// Every GPU allocation in the cluster: (node, id, allocation). For checks and tests.
+    /// Every GPU allocation in the cluster: (node, id, allocation), sorted by node and id. For
+    /// checks and tests.
     pub fn all_allocations(&self) -> Vec<(String, String, Allocation)> {
         let nodes: Vec<_> = self
             .nodes
@@ -693,6 +701,7 @@ impl ClusterState {
                 out.push((e.name.clone(), id.clone(), a.clone()));
             }
         }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
     }
 }
@@ -737,38 +746,122 @@ fn cpu_only(pod: &Pod) -> PodRequest {
     }
 }
 
-/// Why `req` does not fit on the node, in words for `FailedNodes`.
-pub fn why_not(e: &NodeEntry, req: &Request) -> String {
+/// Why a node cannot take a request, by category. The texts depend on the request only, never
+/// on the node's free amounts, so they are the same on every node: kube-scheduler's event for an
+/// unschedulable pod counts nodes per distinct reason ("0/5000 nodes are available: 3120 not
+/// enough GPU: ..."), which per-node numbers would turn into thousands of one-node entries. It
+/// also lets `filter` format each text once per call rather than once per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit<'a> {
+    /// The node's GPU annotation is missing or unusable; the text says why.
+    Problem(&'a str),
+    /// The node's GPU product is not one the pod accepts.
+    Model(&'a str),
+    /// The node has this many GPUs, fewer than the pod requests, even when empty (few distinct
+    /// counts in a cluster, so the texts still aggregate).
+    GpuCount(u8),
+    Cpu,
+    Memory,
+    /// Not enough GPUs with enough free capacity now.
+    Gpu,
+}
+
+impl Unfit<'_> {
+    /// Whether waiting cannot help: preempting pods on the node would not make it fit.
+    pub fn unresolvable(&self) -> bool {
+        matches!(self, Self::Problem(_) | Self::Model(_) | Self::GpuCount(_))
+    }
+
+    /// The reason as kube-scheduler shows it.
+    pub fn text(&self, req: &Request) -> String {
+        match self {
+            Self::Problem(p) => (*p).to_string(),
+            Self::Model(product) => format!("GPU product {product} is not one the pod accepts"),
+            Self::GpuCount(have) => format!(
+                "the node has {have} GPU(s), the pod requests {}",
+                req.num_gpu
+            ),
+            Self::Cpu => format!(
+                "not enough CPU for the pod's {}m (CPU requests of pods already there)",
+                req.cpu_milli
+            ),
+            Self::Memory => format!("not enough memory for the pod's {} MiB", req.memory_mib),
+            Self::Gpu => format!(
+                "not enough GPU: {} GPU(s) with {} milli-GPU free needed",
+                req.num_gpu, req.gpu_milli
+            ),
+        }
+    }
+}
+
+/// Why `req` does not fit on the node (call it when [`NodeState::fits`] said no, or the node has
+/// a problem; a node that fits is reported as [`Unfit::Gpu`]).
+pub fn unfit<'a>(e: &'a NodeEntry, req: &Request) -> Unfit<'a> {
     let s = &e.state;
     if let Some(p) = &e.problem {
-        return p.clone();
+        return Unfit::Problem(p);
     }
     if req.num_gpu > 0 && !s.model_accepts(req) {
-        return format!(
-            "GPU product {} is not one the pod accepts",
+        return Unfit::Model(
             e.gpus
                 .as_ref()
                 .and_then(|g| g.product())
-                .unwrap_or("(none)")
+                .unwrap_or("(none)"),
         );
+    }
+    if s.gpu_count < req.num_gpu {
+        return Unfit::GpuCount(s.gpu_count);
     }
     if s.cpu_free < req.cpu_milli {
-        return format!(
-            "not enough CPU: {}m free, {}m requested",
-            s.cpu_free, req.cpu_milli
-        );
+        return Unfit::Cpu;
     }
     if s.memory_free < req.memory_mib {
-        return format!(
-            "not enough memory: {} MiB free, {} MiB requested",
-            s.memory_free, req.memory_mib
-        );
+        return Unfit::Memory;
     }
-    let have = s.gpus_with_at_least(req.gpu_milli);
-    format!(
-        "not enough GPU: {} GPU(s) with {} milli-GPU free needed, {have} of {} have it",
-        req.num_gpu, req.gpu_milli, s.gpu_count
-    )
+    Unfit::Gpu
+}
+
+/// The text of [`unfit`].
+pub fn why_not(e: &NodeEntry, req: &Request) -> String {
+    unfit(e, req).text(req)
+}
+
+/// The texts of one `filter` call's reasons, each formatted once (see [`Unfit`]).
+#[derive(Debug, Default)]
+pub struct ReasonTexts {
+    fixed: [Option<String>; 3],
+    counts: Vec<(u8, String)>,
+    models: Vec<(String, String)>,
+}
+
+impl ReasonTexts {
+    pub fn text(&mut self, why: Unfit<'_>, req: &Request) -> String {
+        let slot = match why {
+            Unfit::Problem(p) => return p.to_string(),
+            Unfit::Model(product) => {
+                if let Some((_, t)) = self.models.iter().find(|(p, _)| p == product) {
+                    return t.clone();
+                }
+                let t = why.text(req);
+                self.models.push((product.to_string(), t.clone()));
+                return t;
+            }
+            Unfit::GpuCount(have) => {
+                if let Some((_, t)) = self.counts.iter().find(|(c, _)| *c == have) {
+                    return t.clone();
+                }
+                let t = why.text(req);
+                self.counts.push((have, t.clone()));
+                return t;
+            }
+            Unfit::Cpu => 0,
+            Unfit::Memory => 1,
+            Unfit::Gpu => 2,
+        };
+        self.fixed[slot]
+            .get_or_insert_with(|| why.text(req))
+            .clone()
+    }
 }
 
 /// The assignment annotation for GPUs on `node`.

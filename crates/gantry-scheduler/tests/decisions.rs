@@ -55,14 +55,12 @@ fn filter_gives_a_reason_for_every_node_it_removes() {
     assert_eq!(r.error, "");
     assert_eq!(r.node_names.as_deref(), Some(&["h100".to_string()][..]));
     let t4 = &r.failed_and_unresolvable_nodes["t4"];
-    assert!(t4.contains("8 GPU(s)") && t4.contains("4 of 4"), "{t4}");
+    assert_eq!(t4, "the node has 4 GPU(s), the pod requests 8");
     assert!(r.failed_and_unresolvable_nodes["cpu"].contains("no gantry.dev/gpus annotation"));
     assert!(r.failed_and_unresolvable_nodes["ghost"].contains("unknown"));
-    // Two of the four A100s are split into MIG devices: no schedulable capacity on those.
-    assert!(
-        r.failed_and_unresolvable_nodes["a100"].contains("2 of 4"),
-        "{:?}",
-        r
+    assert_eq!(
+        r.failed_and_unresolvable_nodes["a100"],
+        "the node has 4 GPU(s), the pod requests 8"
     );
     // Every candidate is accounted for exactly once.
     let total =
@@ -79,6 +77,35 @@ fn filter_reports_cpu_as_resolvable() {
     );
     assert_eq!(r.node_names.as_deref(), Some(&["h100".to_string()][..]));
     assert!(r.failed_nodes["t4"].contains("not enough CPU"), "{r:?}");
+}
+
+#[test]
+fn reasons_depend_on_the_request_not_on_each_nodes_free_amounts() {
+    // kube-scheduler's event counts nodes per distinct reason; per-node numbers would make one
+    // entry per node. t4 and h100 end up with different free CPU, and the same reason.
+    let ext = cluster();
+    let now = Instant::now();
+    let p = ext.filter(&args(pod_json("small", "8", 1, 0, None), &["t4"]), now);
+    assert_eq!(p.node_names.as_deref(), Some(&["t4".to_string()][..]));
+    bind(&ext, "small", "t4", now);
+    let r = ext.filter(
+        &args(pod_json("big", "200", 1, 0, None), &["t4", "h100"]),
+        now,
+    );
+    assert_eq!(r.failed_nodes["t4"], r.failed_nodes["h100"], "{r:?}");
+    assert!(r.failed_nodes["t4"].contains("200000m"), "{r:?}");
+
+    // Two of a100's four GPUs are MIG-split (no schedulable capacity): three whole GPUs do not
+    // fit there, and the node does have four GPUs, so it is "not enough GPU".
+    let r = ext.filter(
+        &args(pod_json("three", "1", 3, 0, None), &["a100", "h100"]),
+        now,
+    );
+    assert_eq!(r.node_names.as_deref(), Some(&["h100".to_string()][..]));
+    assert_eq!(
+        r.failed_nodes["a100"],
+        "not enough GPU: 3 GPU(s) with 1000 milli-GPU free needed"
+    );
 }
 
 #[test]
