@@ -39,8 +39,7 @@ use kube::Api;
 
 /// The pods the cache watches: bound to a node and not finished. A pod that finishes leaves the
 /// selection, and the watch reports it deleted.
-pub const POD_FIELD_SELECTOR: &str =
-    "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed";
+pub const POD_FIELD_SELECTOR: &str = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed";
 
 /// Whether the cache has applied both initial lists. Cheap to clone; clones share the state.
 #[derive(Debug, Clone, Default)]
@@ -125,8 +124,8 @@ impl Cache {
 
     /// Watches Nodes and Pods through `client` and applies every event, until dropped.
     pub async fn run(&self, client: kube::Client) {
-        let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-            .default_backoff();
+        let nodes =
+            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff();
         let pods = watcher(
             Api::<Pod>::all(client),
             watcher::Config::default().fields(POD_FIELD_SELECTOR),
@@ -137,7 +136,9 @@ impl Cache {
             while let Some(event) = events.next().await {
                 match event {
                     Ok(e) => self.apply_node(e),
-                    Err(e) => tracing::warn!(error = %e, "node watch failed; retrying with backoff"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "node watch failed; retrying with backoff")
+                    }
                 }
             }
         };

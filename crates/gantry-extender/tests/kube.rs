@@ -53,8 +53,11 @@ fn bound_pod(name: &str, node: &str, gpu: u32, milli: u32, gpus: &[(u32, u32)]) 
     pod
 }
 
-/// (node, pod UID, GPUs) of every allocation.
-fn held(ext: &Extender) -> Vec<(String, String, Vec<(u8, u16)>)> {
+/// (node, pod UID, GPUs as (index, milli)) of an allocation.
+type Held = (String, String, Vec<(u8, u16)>);
+
+/// Every allocation of the extender.
+fn held(ext: &Extender) -> Vec<Held> {
     ext.state()
         .all_allocations()
         .into_iter()
@@ -159,10 +162,20 @@ async fn an_unreachable_api_server_is_an_error_naming_the_call() {
     let plan = plan_for(&ext, &pod_json("p", 1, 0), "t4");
     let err = KubeBinder::new(client).bind(&plan).await.unwrap_err();
     assert!(
-        matches!(&err, gantry_extender::Error::Api { method: "PATCH", status: None, .. }),
+        matches!(
+            &err,
+            gantry_extender::Error::Api {
+                method: "PATCH",
+                status: None,
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("/api/v1/namespaces/ml/pods/p"), "{err}");
+    assert!(
+        err.to_string().contains("/api/v1/namespaces/ml/pods/p"),
+        "{err}"
+    );
 }
 
 // --- KubeBinder against the in-memory API server ---
@@ -186,7 +199,13 @@ async fn bind_through_the_api_annotates_and_binds_the_pod() {
     // Bound once: a second Binding is refused by the API server.
     let again = KubeBinder::new(server.client()).bind(&plan).await;
     assert!(
-        matches!(again, Err(gantry_extender::Error::Api { status: Some(409), .. })),
+        matches!(
+            again,
+            Err(gantry_extender::Error::Api {
+                status: Some(409),
+                ..
+            })
+        ),
         "{again:?}"
     );
 }
@@ -280,7 +299,13 @@ fn readiness_waits_for_both_lists_and_a_pod_listed_before_its_node_counts_when_i
     let ready = cache.readiness();
     assert!(!ready.is_ready());
     cache.apply_pod(Event::Init);
-    cache.apply_pod(Event::InitApply(pod(bound_pod("a", "t4", 1, 0, &[(3, 1000)]))));
+    cache.apply_pod(Event::InitApply(pod(bound_pod(
+        "a",
+        "t4",
+        1,
+        0,
+        &[(3, 1000)],
+    ))));
     cache.apply_pod(Event::InitDone);
     assert!(!ready.is_ready());
     assert_eq!(ready.waiting_for(), "the initial list of nodes");
@@ -301,7 +326,13 @@ fn a_relist_forgets_what_it_no_longer_returns_but_keeps_binds_in_flight() {
     cache.apply_node(Event::InitApply(node("h100", "h100-nvswitch-8.yaml")));
     cache.apply_node(Event::InitDone);
     cache.apply_pod(Event::Init);
-    cache.apply_pod(Event::InitApply(pod(bound_pod("a", "t4", 1, 0, &[(0, 1000)]))));
+    cache.apply_pod(Event::InitApply(pod(bound_pod(
+        "a",
+        "t4",
+        1,
+        0,
+        &[(0, 1000)],
+    ))));
     cache.apply_pod(Event::InitDone);
     // A bind in flight (assumed, not yet in the API).
     let plan = plan_for(&ext, &pod_json("flying", 1, 0), "t4");

@@ -308,16 +308,14 @@ fn unescape(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -384,7 +382,11 @@ impl Selector {
     }
 
     fn matches(&self, object: &Value) -> bool {
-        let label = |key: &str| object["metadata"]["labels"][key].as_str().map(str::to_string);
+        let label = |key: &str| {
+            object["metadata"]["labels"][key]
+                .as_str()
+                .map(str::to_string)
+        };
         let labels = self.labels.iter().all(|t| match label(&t.key) {
             Some(v) => (v == t.value) == t.equal,
             None => !t.equal,
@@ -487,7 +489,8 @@ fn event_line(event: &Value) -> bytes::Bytes {
     bytes::Bytes::from(line)
 }
 
-type ResponseBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
+type ResponseBody =
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
 
 fn json_response(status: u16, body: &Value) -> Response<ResponseBody> {
     use http_body_util::BodyExt;
@@ -502,7 +505,9 @@ fn json_response(status: u16, body: &Value) -> Response<ResponseBody> {
         .expect("response")
 }
 
-fn stream_response(rx: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>) -> Response<ResponseBody> {
+fn stream_response(
+    rx: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+) -> Response<ResponseBody> {
     use http_body_util::BodyExt;
     let frames = futures::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;
@@ -574,9 +579,7 @@ impl Store {
             .get(kind)
             .into_iter()
             .flat_map(|c| c.iter())
-            .filter(move |((ns, _), o)| {
-                namespace.is_none_or(|n| n == ns) && selector.matches(o)
-            })
+            .filter(move |((ns, _), o)| namespace.is_none_or(|n| n == ns) && selector.matches(o))
             .map(|(_, o)| o)
     }
 
@@ -595,10 +598,14 @@ impl Store {
             .filter(|v| *v > 0);
         match from {
             Some(v) if v < self.compacted => {
-                let status = status_message(410, "Expired", &format!("too old resource version: {v} ({})", self.compacted));
-                let _ = watch
-                    .tx
-                    .send(event_line(&serde_json::json!({"type": "ERROR", "object": status})));
+                let status = status_message(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {v} ({})", self.compacted),
+                );
+                let _ = watch.tx.send(event_line(
+                    &serde_json::json!({"type": "ERROR", "object": status}),
+                ));
                 return stream_response(rx); // the sender is dropped: the stream ends
             }
             Some(v) => {
@@ -610,9 +617,9 @@ impl Store {
             }
             None => {
                 for o in self.list(&t.kind, t.namespace.as_deref(), &watch.selector) {
-                    let _ = watch
-                        .tx
-                        .send(event_line(&serde_json::json!({"type": "ADDED", "object": o})));
+                    let _ = watch.tx.send(event_line(
+                        &serde_json::json!({"type": "ADDED", "object": o}),
+                    ));
                 }
             }
         }
@@ -627,7 +634,10 @@ fn key_of(namespace: Option<&str>, object: &Value) -> Key {
         .map(str::to_string)
         .or_else(|| object["metadata"]["namespace"].as_str().map(str::to_string))
         .unwrap_or_default();
-    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     (ns, name)
 }
 
@@ -864,11 +874,17 @@ impl InMemoryApiServer {
             ("POST", Some(name), Some("binding")) => {
                 let k = key(name);
                 let Some(mut pod) = store.get(&t.kind, &k).cloned() else {
-                    return (404, status_message(404, "NotFound", &format!("pods \"{name}\" not found")));
+                    return (
+                        404,
+                        status_message(404, "NotFound", &format!("pods \"{name}\" not found")),
+                    );
                 };
                 let node = body["target"]["name"].as_str().unwrap_or_default();
                 if node.is_empty() {
-                    return (400, status_message(400, "BadRequest", "binding has no target node"));
+                    return (
+                        400,
+                        status_message(400, "BadRequest", "binding has no target node"),
+                    );
                 }
                 if let Some(current) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
                     let message = format!("pod {name} is already assigned to node \"{current}\"");
@@ -885,14 +901,22 @@ impl InMemoryApiServer {
                         merge_patch(&mut object, &body);
                         (200, store.put(&t.kind, k, object))
                     }
-                    None => (404, status_message(404, "NotFound", &format!("{} \"{name}\" not found", t.kind.1))),
+                    None => (
+                        404,
+                        status_message(
+                            404,
+                            "NotFound",
+                            &format!("{} \"{name}\" not found", t.kind.1),
+                        ),
+                    ),
                 }
             }
             ("PUT", Some(name), _) => {
                 let k = key(name);
                 match store.get(&t.kind, &k) {
                     Some(object) => {
-                        if body["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"]
+                        if body["metadata"]["resourceVersion"]
+                            != object["metadata"]["resourceVersion"]
                         {
                             return (409, status_body(409, "Conflict"));
                         }
