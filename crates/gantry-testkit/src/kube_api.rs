@@ -192,7 +192,7 @@ impl Call {
 /// `spec.nodeName` or `status.phase`, with `=`, `==` and `!=`), get, create (`409` when the name
 /// exists), merge patch (RFC 7386; the `status` subresource patches the same object), replace
 /// (`409` on a stale `resourceVersion`), delete, and `POST .../pods/{name}/binding` (sets
-/// `spec.nodeName`; `409` when the pod is already bound). A write that changes nothing keeps the
+/// `spec.nodeName`; `409` when the pod is already bound or the Binding names another UID). A write that changes nothing keeps the
 /// `resourceVersion` and sends no event, as the real API server does.
 ///
 /// # Watches
@@ -201,7 +201,8 @@ impl Call {
 /// [`insert`](Self::insert), [`update`](Self::update) and [`remove`](Self::remove)), filtered by
 /// its selectors: an object that stops matching is `DELETED` for that watch, one that starts
 /// matching is `ADDED`. Watches are streamed, so they never block other requests. A watch from a
-/// version older than the last [`remove_unseen`](Self::remove_unseen) gets a `410 Expired` error
+/// version older than the last [`remove_unseen`](Self::remove_unseen), or older than the recent
+/// history kept (the last 1,024 to 2,048 changes, as etcd compacts), gets a `410 Expired` error
 /// event, and the client must re-list.
 ///
 /// # Write delay
@@ -213,6 +214,9 @@ pub struct InMemoryApiServer {
     state: std::sync::Arc<std::sync::Mutex<Store>>,
     write_delay: Option<Duration>,
 }
+
+/// Changes kept for watches that resume from an older version (between this and twice this).
+const HISTORY_LIMIT: usize = 1024;
 
 /// (API prefix such as `/api/v1` or `/apis/apps/v1`, resource such as `pods`).
 type Kind = (String, String);
@@ -537,6 +541,13 @@ impl Store {
             None => !w.tx.is_closed(),
         });
         self.history.push(change);
+        // Like etcd's compaction: keep recent history only; older watches must re-list.
+        if self.history.len() > 2 * HISTORY_LIMIT {
+            let dropped: Vec<Change> = self.history.drain(..HISTORY_LIMIT).collect();
+            if let Some(last) = dropped.last() {
+                self.compacted = self.compacted.max(last.version);
+            }
+        }
     }
 
     /// Stores `object` under `kind`/`key` (create or replace) and records the change; a write
@@ -885,6 +896,14 @@ impl InMemoryApiServer {
                         400,
                         status_message(400, "BadRequest", "binding has no target node"),
                     );
+                }
+                let uid = body["metadata"]["uid"].as_str().unwrap_or_default();
+                if !uid.is_empty() && pod["metadata"]["uid"] != uid {
+                    let message = format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        pod["metadata"]["uid"].as_str().unwrap_or_default()
+                    );
+                    return (409, status_message(409, "Conflict", &message));
                 }
                 if let Some(current) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
                     let message = format!("pod {name} is already assigned to node \"{current}\"");

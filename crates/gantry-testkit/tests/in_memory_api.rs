@@ -107,6 +107,29 @@ async fn a_watch_with_a_field_selector_sees_objects_enter_and_leave_it() {
         .await
         .unwrap_err();
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
+    // A Binding for another incarnation of the pod (its UID) is refused too.
+    server.insert(PODS, pod("c", None, "Pending"));
+    let err = pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "c",
+            &Default::default(),
+            &json!({"metadata": {"name": "c", "uid": "uid-old-c"}, "target": {"kind": "Node", "name": "n2"}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 409 && s.message.contains("UID")),
+        "{err}"
+    );
+    assert!(pods
+        .get("c")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .node_name
+        .is_none());
 }
 
 #[tokio::test]
