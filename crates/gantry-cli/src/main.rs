@@ -44,6 +44,11 @@ enum Command {
     /// Serve GPUs to the kubelet as a device plugin (nvidia.com/gpu), topology-aware and self-healing.
     DevicePlugin(cmd::device_plugin::Args),
     /// Serve kube-scheduler's extender protocol: place GPU pods on nodes and GPUs.
+    ///
+    /// Nodes and bound pods come from the Kubernetes API through watches (the in-cluster service
+    /// account, or KUBECONFIG / ~/.kube/config). `GET /healthz` is `ok` while serving; `GET /readyz`
+    /// is `ok` once the initial lists of nodes and pods are in (until then filter, prioritize and
+    /// bind refuse, and kube-scheduler retries the pod).
     Scheduler(cmd::scheduler::Args),
     /// Simulate GPU placement policies on a cluster trace (the FGD paper's method).
     Simulate(cmd::simulate::Args),

@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
-mod apiserver;
+mod cache;
+mod kube_binder;
 mod server;
 
-pub use apiserver::{ApiServer, SyncStats};
+pub use cache::{Cache, Readiness, POD_FIELD_SELECTOR};
+pub use kube_binder::KubeBinder;
 pub use server::{router, serve, Binder, Clock, ServerConfig, SystemClock};
 
 /// Errors of the extender's shell.
@@ -18,10 +20,13 @@ pub enum Error {
     },
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
+    /// A call the API server refused (`status` is its HTTP status) or that got no answer
+    /// (`status` is `None`).
     #[error("API server {method} {path}: {reason}")]
     Api {
         method: &'static str,
         path: String,
+        status: Option<u16>,
         reason: String,
     },
 }

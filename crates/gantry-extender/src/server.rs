@@ -17,7 +17,7 @@ use gantry_scheduler::wire::{
 use gantry_scheduler::{BindPlan, Extender};
 use serde::de::DeserializeOwned;
 
-use crate::{Error, Result};
+use crate::{Error, Readiness, Result};
 
 /// The API writes of `bind`.
 pub trait Binder: Send + Sync + 'static {
@@ -62,25 +62,44 @@ struct App<B, C> {
     extender: Arc<Extender>,
     binder: Arc<B>,
     clock: C,
+    readiness: Readiness,
 }
 
-/// The extender's routes: `POST /filter`, `POST /prioritize`, `POST /bind`, `GET /healthz`.
+impl<B, C> App<B, C> {
+    /// Why the extender cannot decide yet (its cache has not listed the cluster), if so.
+    fn not_ready(&self) -> Option<String> {
+        (!self.readiness.is_ready()).then(|| {
+            format!(
+                "the extender's cache is not ready: waiting for {}",
+                self.readiness.waiting_for()
+            )
+        })
+    }
+}
+
+/// The extender's routes: `POST /filter`, `POST /prioritize`, `POST /bind`, `GET /healthz`
+/// (alive: always `ok`) and `GET /readyz` (`ok` once `readiness` is ready, else 503 with what
+/// it waits for). Until ready, the verbs refuse with a reason (`Error` in filter and bind,
+/// HTTP 503 in prioritize) and kube-scheduler retries the pod.
 pub fn router<B: Binder, C: Clock>(
     extender: Arc<Extender>,
     binder: Arc<B>,
     clock: C,
+    readiness: Readiness,
     config: ServerConfig,
 ) -> Router {
     let app = Arc::new(App {
         extender,
         binder,
         clock,
+        readiness,
     });
     Router::new()
         .route("/filter", post(filter::<B, C>))
         .route("/prioritize", post(prioritize::<B, C>))
         .route("/bind", post(bind::<B, C>))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz::<B, C>))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .with_state(app)
 }
@@ -110,6 +129,13 @@ fn bad_request<T: serde::Serialize>(body: T) -> Response {
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
+async fn readyz<B: Binder, C: Clock>(State(app): State<Arc<App<B, C>>>) -> Response {
+    match app.not_ready() {
+        None => "ok".into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
+}
+
 async fn filter<B: Binder, C: Clock>(
     State(app): State<Arc<App<B, C>>>,
     body: Result<Bytes, BytesRejection>,
@@ -121,6 +147,9 @@ async fn filter<B: Binder, C: Clock>(
             return bad_request(ExtenderFilterResult::error(reason));
         }
     };
+    if let Some(reason) = app.not_ready() {
+        return Json(ExtenderFilterResult::error(reason)).into_response();
+    }
     let result = app.extender.filter(&args, app.clock.now());
     if !result.error.is_empty() {
         tracing::info!(error = %result.error, "filter refused the pod");
@@ -139,6 +168,9 @@ async fn prioritize<B: Binder, C: Clock>(
             return (StatusCode::BAD_REQUEST, reason).into_response();
         }
     };
+    if let Some(reason) = app.not_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    }
     match app.extender.prioritize(&args, app.clock.now()) {
         Ok(list) => Json(list).into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, format!("prioritize: {e}")).into_response(),
@@ -156,6 +188,9 @@ async fn bind<B: Binder, C: Clock>(
             return bad_request(ExtenderBindingResult { error: reason });
         }
     };
+    if let Some(error) = app.not_ready() {
+        return Json(ExtenderBindingResult { error }).into_response();
+    }
     let plan = match app.extender.begin_bind(&args, app.clock.now()) {
         Ok(p) => p,
         Err(e) => {

@@ -1,35 +1,71 @@
-//! Many binds at once, from 8 client threads against a 4-thread server, with an API that takes
-//! 20 ms per bind: no GPU is handed out twice, and binds overlap (also to different nodes).
+//! Many binds at once, from 8 client threads against a 4-thread server, through the real
+//! `KubeBinder` and the in-memory API server whose writes each take 20 ms (answered from their
+//! own tasks), with the watch-based cache running: no GPU is handed out twice, and binds overlap
+//! (also to different nodes), counted in the API server's record of its writes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use gantry_extender::ServerConfig;
+use gantry_extender::{Cache, KubeBinder, ServerConfig};
+use gantry_scheduler::{Config, Extender};
+use gantry_testkit::kube_api::InMemoryApiServer;
 use serde_json::json;
 use support::*;
 
 const NODES: usize = 8;
 const THREADS: usize = 8;
 const PODS_PER_THREAD: usize = 12;
+const PODS: &str = "/api/v1/namespaces/ml/pods";
+
+fn shape(i: usize) -> (u32, u32) {
+    match i % 4 {
+        0 => (1, 0),
+        1 => (0, 500),
+        2 => (0, 250),
+        _ => (0, 300),
+    }
+}
 
 #[test]
 fn concurrent_binds_never_share_a_gpu() {
     let nodes: Vec<String> = (0..NODES).map(|i| format!("h100-{i}")).collect();
-    let spec: Vec<(&str, Option<&str>)> = nodes
-        .iter()
-        .map(|n| (n.as_str(), Some("h100-nvswitch-8.yaml")))
-        .collect();
+    let server = InMemoryApiServer::with_write_delay(Duration::from_millis(20));
+    for n in &nodes {
+        server.insert(
+            "/api/v1/nodes",
+            node_json(n, 128, Some("h100-nvswitch-8.yaml")),
+        );
+    }
+    for t in 0..THREADS {
+        for i in 0..PODS_PER_THREAD {
+            let (gpu, milli) = shape(i);
+            server.insert(PODS, pod_json(&format!("p-{t}-{i}"), gpu, milli));
+        }
+    }
     // 8 nodes × 8 GPUs = 64,000 milli-GPU; the pods ask for 96 × (a mix averaging < 600).
-    let s = start(
-        extender_with(&spec),
-        FakeApi::new(Duration::from_millis(20)),
+    let s = start_with(
+        Extender::new(Config::default()).unwrap(),
         ServerConfig::default(),
+        {
+            let server = server.clone();
+            move |extender| {
+                let cache = std::sync::Arc::new(Cache::new(extender));
+                let readiness = cache.readiness();
+                let client = server.client();
+                tokio::spawn(async move { cache.run(client).await });
+                (KubeBinder::new(server.client()), readiness)
+            }
+        },
     );
     let addr = s.addr;
+    eventually("the cache's initial lists", || {
+        get(addr, "/readyz").0 == 200
+    });
+    assert_eq!(s.extender.state().len(), NODES);
+
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let nodes = nodes.clone();
@@ -37,12 +73,7 @@ fn concurrent_binds_never_share_a_gpu() {
                 let mut bound = 0;
                 for i in 0..PODS_PER_THREAD {
                     let name = format!("p-{t}-{i}");
-                    let (gpu, milli) = match i % 4 {
-                        0 => (1, 0),
-                        1 => (0, 500),
-                        2 => (0, 250),
-                        _ => (0, 300),
-                    };
+                    let (gpu, milli) = shape(i);
                     // Half the threads offer every node (so they race for the best one),
                     // half offer the nodes of their own pair (so binds to different nodes run).
                     let offered: Vec<&str> = if t % 2 == 0 {
@@ -74,16 +105,24 @@ fn concurrent_binds_never_share_a_gpu() {
         .collect();
     let bound: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(bound >= 64, "only {bound} pods bound");
-    let bindings = s.api.bindings.lock().unwrap().clone();
-    assert_eq!(bindings.len(), bound);
 
-    // From the API's point of view (the annotations written), no GPU is over-committed and no
-    // whole GPU is shared.
+    // From the API's point of view (the pods as stored), every bound pod carries its
+    // assignment, for the node it is bound to; no GPU is over-committed and no whole GPU shared.
+    let pods = server.objects(PODS);
     let mut used: BTreeMap<(String, u32), u32> = BTreeMap::new();
     let mut whole: BTreeMap<(String, u32), u32> = BTreeMap::new();
-    for (pod, text) in s.api.annotations.lock().unwrap().iter() {
-        let a = gantry_scheduler::GpuAssignment::parse(pod, text).unwrap();
-        assert_eq!(bindings[pod], a.node, "annotation and Binding agree");
+    let mut bound_in_api = 0;
+    for pod in &pods {
+        let Some(node) = pod["spec"]["nodeName"].as_str() else {
+            continue;
+        };
+        bound_in_api += 1;
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let text = pod["metadata"]["annotations"]["gantry.dev/gpu-assignment"]
+            .as_str()
+            .unwrap_or_else(|| panic!("bound pod {name} has no assignment"));
+        let a = gantry_scheduler::GpuAssignment::parse(name, text).unwrap();
+        assert_eq!(a.node, node, "annotation and Binding agree for {name}");
         for g in a.gpus {
             *used.entry((a.node.clone(), g.index)).or_default() += u32::from(g.milli);
             if g.milli == 1000 {
@@ -91,22 +130,41 @@ fn concurrent_binds_never_share_a_gpu() {
             }
         }
     }
+    assert_eq!(bound_in_api, bound);
     for (gpu, milli) in &used {
         assert!(*milli <= 1000, "GPU {gpu:?} handed out {milli} milli-GPU");
         if whole.contains_key(gpu) {
             assert_eq!(*milli, 1000, "whole GPU {gpu:?} also shared");
         }
     }
-    // And the extender's own books agree with the API's.
-    let books: u32 = s
-        .extender
-        .state()
-        .all_allocations()
+    // The extender's own books agree with the API's (its watch has seen its binds, which
+    // changes nothing).
+    let books = || -> u32 {
+        s.extender
+            .state()
+            .all_allocations()
+            .iter()
+            .flat_map(|(_, _, a)| a.gpus.iter().map(|g| u32::from(g.1)))
+            .sum()
+    };
+    assert_eq!(books(), used.values().sum::<u32>());
+
+    // Binds overlapped in the API server: several writes at once, and Bindings to different
+    // nodes in flight together.
+    assert!(server.max_writes_in_flight() > 1);
+    let writes = server.writes();
+    let bindings: Vec<_> = writes
         .iter()
-        .flat_map(|(_, _, a)| a.gpus.iter().map(|g| u32::from(g.1)))
-        .sum();
-    assert_eq!(books, used.values().sum::<u32>());
-    // Binds overlapped: several at once, to different nodes.
-    assert!(s.api.max_in_flight.load(Ordering::SeqCst) > 1);
-    assert!(s.api.max_distinct_nodes_in_flight.load(Ordering::SeqCst) > 1);
+        .filter(|w| w.path.ends_with("/binding") && w.status == 201)
+        .collect();
+    assert_eq!(bindings.len(), bound);
+    let overlapping_nodes = bindings.iter().any(|a| {
+        bindings
+            .iter()
+            .any(|b| a.body["target"]["name"] != b.body["target"]["name"] && a.overlaps(b))
+    });
+    assert!(
+        overlapping_nodes,
+        "no two Bindings to different nodes overlapped"
+    );
 }

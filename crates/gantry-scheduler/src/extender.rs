@@ -215,6 +215,17 @@ impl Extender {
         Ok(())
     }
 
+    /// A pod deleted, or no longer of interest (finished, unbound): releases what it held and
+    /// its place in its gang. Binds in flight and gang reservations are not touched.
+    pub fn forget_pod(&self, uid: &str) {
+        self.state.remove_pod(uid);
+        let mut gangs = lock(&self.gangs);
+        for members in gangs.members.values_mut() {
+            members.remove(uid);
+        }
+        gangs.members.retain(|_, m| !m.is_empty());
+    }
+
     /// After a full list of bound pods: forgets pods no longer there (deleted), also as gang
     /// members.
     pub fn retain_pods(&self, live: &BTreeSet<String>) -> usize {

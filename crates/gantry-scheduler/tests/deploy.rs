@@ -61,6 +61,12 @@ fn scheduler_configuration_has_the_extender_stanza() {
     let containers = deployment["spec"]["template"]["spec"]["containers"]
         .as_sequence()
         .unwrap();
+    // No API proxy sidecar: the extender talks to the API server itself.
+    let names: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kube-scheduler", "extender"]);
     let extender = containers.iter().find(|c| c["name"] == "extender").unwrap();
     let listen = extender["env"]
         .as_sequence()
@@ -96,10 +102,17 @@ fn rbac_allows_the_extender_writes() {
                 && r["verbs"].as_sequence().unwrap().iter().any(|x| x == verb)
         })
     };
-    assert!(
-        allows("pods", "patch")
-            && allows("pods/binding", "create")
-            && allows("nodes", "list")
-            && allows("pods", "list")
-    );
+    // The watch-based cache lists and watches; bind patches and creates the Binding.
+    for (res, verb) in [
+        ("nodes", "get"),
+        ("nodes", "list"),
+        ("nodes", "watch"),
+        ("pods", "get"),
+        ("pods", "list"),
+        ("pods", "watch"),
+        ("pods", "patch"),
+        ("pods/binding", "create"),
+    ] {
+        assert!(allows(res, verb), "RBAC does not allow {verb} {res}");
+    }
 }

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gantry_extender::{router, serve, ApiServer, ServerConfig, SystemClock};
+use gantry_extender::{router, serve, Cache, KubeBinder, ServerConfig, SystemClock};
 use gantry_placement::{Policy, TargetWorkload};
 use gantry_scheduler::{default_workload, Config, Extender};
 
 /// Serve kube-scheduler's extender protocol (filter, prioritize, bind): place GPU pods on nodes
 /// and GPUs with Gantry's placement engine.
 ///
-/// The cluster state comes from the API server through a local authenticating proxy
-/// (`kubectl proxy` sidecar): Nodes with the device plugin's `gantry.dev/gpus` annotation and
-/// the pods bound to them. Every flag has an environment variable.
+/// The cluster state comes from the API server through watches (kube-rs): Nodes with the device
+/// plugin's `gantry.dev/gpus` annotation and the pods bound to them. The client is the
+/// in-cluster service account, or KUBECONFIG / ~/.kube/config outside a cluster (the `--help`
+/// text is the `Scheduler` variant's in `main.rs`). Every flag has an environment variable.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to serve the extender on (kube-scheduler's `urlPrefix` points here).
@@ -40,18 +41,6 @@ pub struct Args {
     /// Seconds a gang's reservation waits for its members to bind before it is released.
     #[arg(long, env = "GANTRY_SCHEDULER_GANG_TIMEOUT", default_value_t = 60)]
     pub gang_timeout: u64,
-
-    /// Address of the local API proxy (`kubectl proxy --port 8001`).
-    #[arg(
-        long,
-        env = "GANTRY_SCHEDULER_API_PROXY",
-        default_value = "127.0.0.1:8001"
-    )]
-    pub api_proxy: SocketAddr,
-
-    /// Seconds between refreshes of the node and pod cache from the API.
-    #[arg(long, env = "GANTRY_SCHEDULER_SYNC_INTERVAL", default_value_t = 5)]
-    pub sync_interval: u64,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -70,34 +59,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         gang_timeout: Duration::from_secs(args.gang_timeout),
         ..Config::default()
     })?);
-    let api = Arc::new(ApiServer::new(args.api_proxy));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let interval = Duration::from_secs(args.sync_interval.max(1));
     runtime.block_on(async move {
-        let sync_ext = extender.clone();
-        let sync_api = api.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                match sync_api.sync(&sync_ext).await {
-                    Ok(s) => tracing::debug!(nodes = s.nodes, pods = s.pods, "cache synced"),
-                    Err(e) => tracing::warn!(error = %e, "cache sync failed; retrying"),
-                }
-            }
-        });
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+        let cache = Arc::new(Cache::new(extender.clone()));
+        let readiness = cache.readiness();
+        let watch_client = client.clone();
+        tokio::spawn(async move { cache.run(watch_client).await });
+        let binder = Arc::new(KubeBinder::new(client));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         tracing::info!(listen = %args.listen, %policy, "gantry scheduler extender serving");
         let app = router(
             extender,
-            api,
+            binder,
             SystemClock,
+            readiness,
             ServerConfig {
                 body_limit: args.body_limit,
             },

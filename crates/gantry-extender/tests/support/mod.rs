@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_extender::{router, serve, Binder, Clock, ServerConfig};
+use gantry_extender::{router, serve, Binder, Clock, Readiness, ServerConfig};
 use gantry_scheduler::schema::NODE_GPUS_ANNOTATION;
 use gantry_scheduler::{BindPlan, Config, Extender, NodeGpus};
 use serde_json::{json, Value};
@@ -91,16 +91,16 @@ impl Clock for TestClock {
 }
 
 /// A server running on its own 4-thread runtime until dropped.
-pub struct Running {
+pub struct Running<B = FakeApi> {
     pub addr: SocketAddr,
     pub extender: Arc<Extender>,
-    pub api: Arc<FakeApi>,
+    pub api: Arc<B>,
     pub clock: TestClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Running {
+impl<B> Drop for Running<B> {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -111,13 +111,23 @@ impl Drop for Running {
     }
 }
 
+/// A server over `extender` with the Binder-level fake API; always ready.
 pub fn start(extender: Extender, api: FakeApi, config: ServerConfig) -> Running {
+    start_with(extender, config, move |_| (api, Readiness::ready()))
+}
+
+/// A server over `extender`; `setup` runs on the server's runtime (so it may spawn tasks there:
+/// an in-memory API server's client, a cache) and returns the binder and the readiness.
+pub fn start_with<B: Binder>(
+    extender: Extender,
+    config: ServerConfig,
+    setup: impl FnOnce(Arc<Extender>) -> (B, Readiness) + Send + 'static,
+) -> Running<B> {
     let extender = Arc::new(extender);
-    let api = Arc::new(api);
     let clock = TestClock(Arc::new(Mutex::new(Instant::now())));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (tx, rx) = std::sync::mpsc::channel();
-    let (e, a, c) = (extender.clone(), api.clone(), clock.clone());
+    let (e, c) = (extender.clone(), clock.clone());
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
@@ -125,9 +135,12 @@ pub fn start(extender: Extender, api: FakeApi, config: ServerConfig) -> Running 
             .build()
             .unwrap();
         rt.block_on(async move {
+            let (binder, readiness) = setup(e.clone());
+            let binder = Arc::new(binder);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = router(e, a, c, config);
+            tx.send((listener.local_addr().unwrap(), binder.clone()))
+                .unwrap();
+            let app = router(e, binder, c, readiness, config);
             serve(listener, app, async {
                 let _ = stopped.await;
             })
@@ -135,7 +148,7 @@ pub fn start(extender: Extender, api: FakeApi, config: ServerConfig) -> Running 
             .unwrap();
         });
     });
-    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (addr, api) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     Running {
         addr,
         extender,
@@ -146,12 +159,33 @@ pub fn start(extender: Extender, api: FakeApi, config: ServerConfig) -> Running 
     }
 }
 
+/// GETs `path`; returns the status and the body.
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path, b"")
+}
+
+/// Waits until `check` holds, polling; panics naming `what` after a generous limit (this waits
+/// for a result, it does not assert how fast it comes).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// POSTs `body` to `path`; returns the status and the body.
 pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+    request(addr, "POST", path, body)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: extender\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: extender\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
