@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use gantry_cdi::{
     generate, Capability, DriverFiles, GenerateOptions, HostFile, NamingStrategy, Spec,
@@ -164,29 +163,14 @@ fn golden_specs_have_the_expected_devices() {
 /// `python3`/`jsonschema` skips with a message; under `CI=true` it fails.
 #[test]
 fn golden_specs_validate_against_the_cdi_schema() {
-    let schema_dir = repo().join("../shared/schemas/cdi");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/validate_cdi_schema.py");
     let files: Vec<PathBuf> = CASES
         .iter()
         .map(|&(f, n, fmt)| golden_path(f, n, fmt))
         .collect();
-    let probe = Command::new("python3")
-        .args(["-c", "import jsonschema, yaml"])
-        .output();
-    if !matches!(&probe, Ok(out) if out.status.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs python3 with jsonschema and yaml (python3-jsonschema, python3-yaml)"
-        );
-        eprintln!("SKIP: python3 with jsonschema and yaml is not installed");
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let Some(out) = gantry_testkit::validate_cdi_specs(&paths) else {
         return;
-    }
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&schema_dir)
-        .args(&files)
-        .output()
-        .unwrap();
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -198,17 +182,6 @@ fn golden_specs_validate_against_the_cdi_schema() {
 
 #[test]
 fn the_schema_check_rejects_a_bad_spec() {
-    let probe = Command::new("python3")
-        .args(["-c", "import jsonschema, yaml"])
-        .output();
-    if !matches!(&probe, Ok(out) if out.status.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs python3 with jsonschema and yaml"
-        );
-        eprintln!("SKIP: python3 with jsonschema and yaml is not installed");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
     std::fs::write(
@@ -216,12 +189,9 @@ fn the_schema_check_rejects_a_bad_spec() {
         r#"{"cdiVersion": "0.5.0", "kind": "x.com/y", "devices": [{"name": "0"}]}"#,
     )
     .unwrap();
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/validate_cdi_schema.py"))
-        .arg(repo().join("../shared/schemas/cdi"))
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let Some(out) = gantry_testkit::validate_cdi_specs(&[&bad]) else {
+        return;
+    };
     assert!(
         !out.status.success(),
         "a device without containerEdits must fail the schema"

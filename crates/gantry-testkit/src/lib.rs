@@ -2,6 +2,7 @@
 // Test support: a panic here is a test failure with a message, which is what a test wants.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cdi_schema;
 mod driver_libs;
 mod driver_root;
 #[cfg(feature = "kubelet")]
@@ -12,6 +13,7 @@ pub mod kube_api;
 
 use std::path::PathBuf;
 
+pub use cdi_schema::validate_cdi_specs;
 pub use driver_libs::{busybox_rootfs, stand_in_content, DriverLibraries, LIB_DIR};
 pub use driver_root::{mig_minors_table, DeviceNodes, DriverRoot, DriverRootBuilder};
 #[cfg(feature = "kubelet")]
