@@ -8,9 +8,21 @@
 //! put). Policy `frag-cpu` with the trace's target workload.
 //!
 //! ```text
-//! cargo run --release -p gantry-scheduler --example bench [-- TRACE_DIR [SAMPLES]]
+//! cargo run --release -p gantry-scheduler --example bench [-- TRACE_DIR [SAMPLES [SIZES]]]
 //! ```
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+//!
+//! `SIZES` is a comma-separated list of node counts (default `1000,5000`). Progress goes to
+//! stderr, so a profiler can be attached once `measuring` shows:
+//!
+//! ```text
+//! perf record -g -p $(pgrep -n bench) -- sleep 10
+//! ```
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -79,6 +91,10 @@ fn main() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/alibaba-gpu-v2023")
     });
     let samples: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let sizes: Vec<usize> = args
+        .next()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 5000]);
     let base =
         gantry_simulator::trace::load_nodes(&dir.join("openb_node_list_gpu_node.csv")).unwrap();
     let pods: Vec<PodSpec> =
@@ -91,7 +107,8 @@ fn main() {
     println!("| nodes | GPUs | GPU allocated | samples | filter+prioritize p50 | p99 | max |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut parts = Vec::new();
-    for size in [1000usize, 5000] {
+    for size in sizes {
+        eprintln!("filling {size} nodes to 60 % of their GPUs");
         let ext = Extender::new(Config {
             workload: Some(workload.clone()),
             ..Config::default()
@@ -151,6 +168,7 @@ fn main() {
             allocated += got;
         }
         // Measure.
+        eprintln!("measuring {samples} pods on {size} nodes");
         let mut times = Vec::with_capacity(samples);
         let mut json_times = Vec::with_capacity(samples);
         let mut filter_times = Vec::with_capacity(samples);
