@@ -87,6 +87,7 @@ async fn measure(label: &str, inventory: PathBuf) {
         kubelet_poll: Duration::from_millis(100),
         metrics_addr: None,
         cdi: None,
+        cluster: None,
     })
     .await
     .unwrap();
