@@ -136,9 +136,11 @@ pub(crate) async fn keep_published(
     loop {
         let want = wanted.borrow_and_update().clone();
         if let Some(gpus) = want.filter(|w| published.as_ref() != Some(w)) {
-            match publish_node_gpus(&options.client, &options.node, &gpus, options.api_timeout)
-                .await
-            {
+            let patched = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                patched = publish_node_gpus(&options.client, &options.node, &gpus, options.api_timeout) => patched,
+            };
+            match patched {
                 Ok(()) => {
                     tracing::info!(node = %options.node, gpus = gpus.gpus.len(), "published the node's GPUs");
                     published = Some(gpus);

@@ -147,6 +147,15 @@ impl Shared {
                 tracing::warn!(gpu = %t.uuid, "GPU unhealthy: {}", t.reason);
             }
         }
+        // What the scheduler sees changes with health even when the resources cannot be planned.
+        let gpus = NodeGpus::from_inventory(&effective);
+        self.node_gpus.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&gpus);
+            if changed {
+                *current = Some(gpus);
+            }
+            changed
+        });
         let mut resources = match plan_resources(&effective, &self.options.config) {
             Ok(resources) => resources,
             Err(err) => {
@@ -157,14 +166,6 @@ impl Shared {
         if self.options.cluster.as_ref().is_some_and(|c| c.gpu_milli) {
             resources.push(plan_milli_resource(&effective));
         }
-        let gpus = NodeGpus::from_inventory(&effective);
-        self.node_gpus.send_if_modified(|current| {
-            let changed = current.as_ref() != Some(&gpus);
-            if changed {
-                *current = Some(gpus);
-            }
-            changed
-        });
         self.metrics.set_devices(
             &resources
                 .iter()

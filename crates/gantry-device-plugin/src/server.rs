@@ -147,11 +147,16 @@ impl ResourceService {
             // Which shares the kubelet books does not matter: Allocate hands out the GPU the
             // scheduler recorded on the pod. The must-include IDs, then the first available.
             let mut chosen = request.must_include_device_i_ds.clone();
+            let mut taken: std::collections::BTreeSet<&str> = request
+                .must_include_device_i_ds
+                .iter()
+                .map(String::as_str)
+                .collect();
             for id in &request.available_device_i_ds {
                 if chosen.len() >= size {
                     break;
                 }
-                if !chosen.contains(id) {
+                if taken.insert(id.as_str()) {
                     chosen.push(id.clone());
                 }
             }

@@ -113,6 +113,26 @@ async fn gpu_milli_is_advertised_a_thousand_per_gpu_with_its_health() {
         format!("{}::milli-999", inventory.gpus[2].uuid)
     );
     assert!(list.devices.iter().all(|d| d.topology.is_none()));
+    // Which shares the kubelet books does not matter: the must-include ones, then the first free.
+    let ids: Vec<String> = list.devices.iter().map(|d| d.id.clone()).collect();
+    let preferred = plugin
+        .kubelet
+        .plugin("gantry-gantry.dev-gpu-milli.sock")
+        .await
+        .get_preferred_allocation(api::PreferredAllocationRequest {
+            container_requests: vec![api::ContainerPreferredAllocationRequest {
+                available_device_i_ds: ids.clone(),
+                must_include_device_i_ds: vec![ids[3999].clone()],
+                allocation_size: 250,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let chosen = &preferred.container_responses[0].device_i_ds;
+    assert_eq!(chosen.len(), 250);
+    assert_eq!(chosen[0], ids[3999]);
+    assert_eq!(chosen[1..], ids[..249]);
 
     // The GPU turns unhealthy: its thousand shares follow it.
     let mut sick = inventory.clone();
