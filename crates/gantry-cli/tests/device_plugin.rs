@@ -27,6 +27,8 @@ fn help_documents_every_flag_with_its_environment_variable() {
         ("--metrics-addr", "GANTRY_METRICS_ADDR"),
         ("--backend", "GANTRY_BACKEND"),
         ("--nvml-lib", "GANTRY_NVML_LIB"),
+        ("--node-name", "NODE_NAME"),
+        ("--no-gpu-milli", "GANTRY_NO_GPU_MILLI"),
     ] {
         assert!(
             text.contains(flag) && text.contains(env),
@@ -58,6 +60,8 @@ async fn registers_then_stops_on_sigterm_leaving_no_socket() {
         .arg(root.path())
         .arg("--inventory")
         .arg(inventory_fixture("h100-nvswitch-8.yaml"))
+        // Local development: no node name, so no API server is needed.
+        .env_remove("NODE_NAME")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -111,6 +115,7 @@ fn a_config_that_does_not_fit_fails_at_start() {
         .arg(dir.path())
         .arg("--inventory")
         .arg(inventory_fixture("t4-pcie-4.yaml"))
+        .env_remove("NODE_NAME")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -131,8 +136,43 @@ fn a_config_that_does_not_fit_fails_at_start() {
         .arg(dir.path())
         .arg("--inventory")
         .arg(inventory_fixture("t4-pcie-4.yaml"))
+        .env_remove("NODE_NAME")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml"));
+}
+
+#[test]
+fn a_node_name_without_a_cluster_fails_at_start_naming_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "device-plugin",
+            "--metrics-addr",
+            "off",
+            "--no-cdi-spec",
+            "--plugin-dir",
+        ])
+        .arg(dir.path())
+        .arg("--inventory")
+        .arg(inventory_fixture("t4-pcie-4.yaml"))
+        .env("NODE_NAME", "gpu-node-7")
+        .env("KUBECONFIG", home.path().join("missing-kubeconfig"))
+        .env("HOME", home.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gpu-node-7") && err.contains("NODE_NAME"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("gantry-nvidia.com-gpu.sock").exists(),
+        "nothing is served"
+    );
 }

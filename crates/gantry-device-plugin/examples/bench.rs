@@ -1,5 +1,7 @@
 //! Device plugin benchmark: Allocate and GetPreferredAllocation latency over the real unix socket
-//! (8- and 16-GPU nodes), re-registration time after a kubelet restart, and the daemon's resident memory.
+//! (8- and 16-GPU nodes), re-registration time after a kubelet restart, the daemon's resident memory,
+//! and the shared-GPU (`gantry.dev/gpu-milli`) Allocate with a fake API server answering the pod
+//! list and the pod patch at the HTTP wire.
 //!
 //! `cargo build --release -p gantry-cli && cargo run --release -p gantry-device-plugin --example bench`
 //! (`GANTRY_BIN` names the gantry binary for the memory figure; default `target/release/gantry`).
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use gantry_device_plugin::allocate::{parse_strategies, AllocatePolicy};
 use gantry_device_plugin::config::PluginConfig;
-use gantry_device_plugin::{start, PluginOptions};
+use gantry_device_plugin::resources::milli_device_id;
+use gantry_device_plugin::{start, ClusterOptions, PluginOptions};
 use gantry_discovery::{BackendChoice, BackendKind, DiscoveryConfig};
 use gantry_gpu::{Link, PcieDistance, Topology};
 use gantry_kubelet_proto::deviceplugin::v1beta1 as api;
@@ -87,6 +90,7 @@ async fn measure(label: &str, inventory: PathBuf) {
         kubelet_poll: Duration::from_millis(100),
         metrics_addr: None,
         cdi: None,
+        cluster: None,
     })
     .await
     .unwrap();
@@ -161,6 +165,139 @@ async fn measure(label: &str, inventory: PathBuf) {
     running.stop().await.unwrap();
 }
 
+/// Pods on the benchmark node besides the one waiting: running pods gantry-scheduler placed earlier.
+const RUNNING_PODS: usize = 30;
+
+fn bench_pod(n: usize, uuid: &str, milli: u32, running: bool) -> serde_json::Value {
+    let assignment = serde_json::json!({"version": "v1", "node": "bench-node", "gpus": [{"index": 0, "uuid": uuid, "milli": milli}]});
+    let mut annotations = serde_json::json!({"gantry.dev/gpu-assignment": assignment.to_string()});
+    if running {
+        annotations["gantry.dev/gpu-allocated"] = "2026-01-01T00:00:00Z".into();
+        annotations["gantry.dev/gpu-allocated-containers"] = "main".into();
+    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("pod-{n}"), "namespace": "bench", "uid": format!("uid-{n}"),
+            "creationTimestamp": format!("2026-01-01T{:02}:{:02}:{:02}Z", n / 3600 % 24, n / 60 % 60, n % 60),
+            "annotations": annotations},
+        "spec": {"nodeName": "bench-node", "containers": [{"name": "main", "image": "cuda",
+            "resources": {"limits": {"gantry.dev/gpu-milli": milli.to_string(), "cpu": "1", "memory": "4Gi"}}}]},
+        "status": {"phase": if running { "Running" } else { "Pending" }},
+    })
+}
+
+/// The shared Allocate: each call lists the node's pods (one waiting among [`RUNNING_PODS`]
+/// running ones, as the fake API server answers) and patches the chosen pod.
+async fn measure_milli(label: &str, inventory: PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = FakeKubelet::start(dir.path()).await;
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    let gpus = gantry_gpu::NodeInventory::from_yaml(&text, &inventory)
+        .unwrap()
+        .gpus;
+    let uuids: Vec<String> = gpus.iter().map(|g| g.uuid.to_string()).collect();
+    let (client, mut api) = gantry_testkit::kube_api::fake_api_server();
+    // The API server: a window of running pods and one pending pod; a patched pod starts running
+    // and a new one waits.
+    let server_uuids = uuids.clone();
+    let server = tokio::spawn(async move {
+        let mut pods: std::collections::VecDeque<serde_json::Value> = (0..RUNNING_PODS)
+            .map(|n| bench_pod(n, &server_uuids[n % server_uuids.len()], 250, true))
+            .collect();
+        let mut next = RUNNING_PODS;
+        pods.push_back(bench_pod(
+            next,
+            &server_uuids[next % server_uuids.len()],
+            250,
+            false,
+        ));
+        loop {
+            let call = api.next("a request of the benchmark").await;
+            match (call.method.as_str(), call.path.as_str()) {
+                ("GET", "/api/v1/pods") => {
+                    let items = pods.iter().cloned().collect();
+                    call.respond_list("Pod", "v1", items);
+                }
+                ("PATCH", path) if path.starts_with("/api/v1/namespaces/") => {
+                    call.respond(
+                        200,
+                        &serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}}),
+                    );
+                    let waiting = pods.back_mut().unwrap();
+                    waiting["status"]["phase"] = "Running".into();
+                    pods.pop_front();
+                    next += 1;
+                    pods.push_back(bench_pod(
+                        next,
+                        &server_uuids[next % server_uuids.len()],
+                        250,
+                        false,
+                    ));
+                }
+                _ => call.respond(
+                    200,
+                    &serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {}}),
+                ),
+            }
+        }
+    });
+    let mut cluster = ClusterOptions::new(client, "bench-node");
+    cluster.api_timeout = Duration::from_secs(10);
+    let running = start(PluginOptions {
+        plugin_dir: dir.path().to_owned(),
+        discovery: DiscoveryConfig {
+            backend: BackendChoice::Only(BackendKind::Inventory),
+            root: "/".into(),
+            inventory: Some(inventory),
+            nvml_lib: None,
+        },
+        config: PluginConfig::default(),
+        policy: AllocatePolicy {
+            strategies: parse_strategies("cdi-cri,cdi-annotations").unwrap(),
+            pass_device_specs: true,
+            cdi_kind: "nvidia.com/gpu".into(),
+        },
+        health_interval: Duration::from_secs(3600),
+        recovery_hold: Duration::from_secs(60),
+        kubelet_poll: Duration::from_millis(100),
+        metrics_addr: None,
+        cdi: None,
+        cluster: Some(cluster),
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        kubelet
+            .next_registration(Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let mut client = kubelet.plugin("gantry-gantry.dev-gpu-milli.sock").await;
+    let mut samples = Vec::with_capacity(CALLS);
+    for i in 0..CALLS {
+        let gpu = &gpus[i % gpus.len()].uuid;
+        let ids = (0..250).map(|n| milli_device_id(gpu, n)).collect();
+        let request = api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest { devices_ids: ids }],
+        };
+        let t = Instant::now();
+        let answer = client.allocate(request).await.unwrap().into_inner();
+        samples.push(t.elapsed());
+        let expected = format!("nvidia.com/gpu={}", uuids[(RUNNING_PODS + i) % uuids.len()]);
+        assert_eq!(answer.container_responses[0].cdi_devices[0].name, expected);
+    }
+    let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+    println!(
+        "| {label} | {} | {} | {} |",
+        us(percentile(&mut samples, 0.5)),
+        us(percentile(&mut samples, 0.99)),
+        RUNNING_PODS + 1,
+    );
+    // The fake API server fails on an idle wait: end it before the plugin's shutdown.
+    server.abort();
+    running.stop().await.unwrap();
+}
+
 fn resident_memory() -> Option<String> {
     let bin = std::env::var_os("GANTRY_BIN")
         .map(PathBuf::from)
@@ -205,6 +342,17 @@ async fn main() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     measure("16 GPUs, 2 NVSwitch islands", sixteen_gpus(dir.path())).await;
+    println!();
+    println!("gantry.dev/gpu-milli Allocate, 250 shares per call, {CALLS} calls: each lists the node's pods from a fake API server (in-process, HTTP wire, JSON) and patches the chosen one");
+    println!();
+    println!("| node | shared Allocate p50 | shared Allocate p99 | pods listed per call |");
+    println!("|---|---|---|---|");
+    measure_milli(
+        "8× H100 NVSwitch",
+        gantry_testkit::inventory_fixture("h100-nvswitch-8.yaml"),
+    )
+    .await;
+    measure_milli("16 GPUs, 2 NVSwitch islands", sixteen_gpus(dir.path())).await;
     println!();
     match resident_memory() {
         Some(rss) => println!("resident memory of `gantry device-plugin` (8 GPUs, idle after start): {rss}"),

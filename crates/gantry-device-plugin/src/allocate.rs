@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use gantry_gpu::Health;
+use gantry_gpu::{DeviceUuid, Health};
 
-use crate::resources::Resource;
+use crate::resources::{parse_milli_device_id, PluginDevice, Resource};
 
 /// Where the container runtime learns which devices to inject (NVIDIA's spelling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -112,6 +112,8 @@ pub enum AllocateError {
     TooManyShared { resource: String, count: usize },
     #[error("no device IDs in the request")]
     Empty,
+    #[error("the GPU {0} recorded for the pod is not a shareable GPU of this node")]
+    UnknownTarget(String),
 }
 
 /// The answer for one container.
@@ -155,6 +157,82 @@ pub fn allocate_container(
         }
         nodes.extend(device.dev_nodes.iter().map(|n| n.path.clone()));
     }
+    Ok(render(&resource.name, &targets, nodes, policy))
+}
+
+/// The answer for one container of the shared resource (`gantry.dev/gpu-milli`): the kubelet's IDs
+/// only say how many thousandths it allocated; the container gets `target`, the GPU the scheduler
+/// recorded on the pod, not the GPU the IDs name.
+///
+/// # Errors
+/// An ID that is not a share of one of the resource's GPUs, or given twice; an empty request;
+/// `target` not a GPU of this resource, or unhealthy.
+pub fn allocate_shared(
+    resource: &Resource,
+    ids: &[String],
+    target: &str,
+    policy: &AllocatePolicy,
+) -> Result<ContainerAllocation, AllocateError> {
+    let gpus = check_shared_ids(resource, ids)?;
+    let gpu = gpus
+        .iter()
+        .find(|g| g.target.as_str() == target)
+        .ok_or_else(|| AllocateError::UnknownTarget(target.to_owned()))?;
+    if let Health::Unhealthy { reason } = &gpu.health {
+        return Err(AllocateError::Unhealthy {
+            id: target.to_owned(),
+            reason: reason.clone(),
+        });
+    }
+    let nodes = gpu.dev_nodes.iter().map(|n| n.path.clone()).collect();
+    Ok(render(
+        &resource.name,
+        std::slice::from_ref(&gpu.target),
+        nodes,
+        policy,
+    ))
+}
+
+/// Checks the kubelet's IDs for the shared resource: each a share of one of its GPUs, none twice.
+/// Returns one device per GPU.
+///
+/// # Errors
+/// An empty request, an ID that is no share of the resource's GPUs, or an ID given twice.
+pub fn check_shared_ids<'a>(
+    resource: &'a Resource,
+    ids: &[String],
+) -> Result<Vec<&'a PluginDevice>, AllocateError> {
+    if ids.is_empty() {
+        return Err(AllocateError::Empty);
+    }
+    // One device per GPU share: the GPUs are the runs of equal targets (devices are by GPU).
+    let mut gpus: Vec<&PluginDevice> = Vec::new();
+    for device in &resource.devices {
+        if gpus.last().is_none_or(|last| last.target != device.target) {
+            gpus.push(device);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        let known = parse_milli_device_id(id)
+            .is_some_and(|(uuid, _)| gpus.iter().any(|g| g.target.as_str() == uuid));
+        if !known {
+            return Err(AllocateError::UnknownDevice(id.clone()));
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(AllocateError::Duplicate(id.clone()));
+        }
+    }
+    Ok(gpus)
+}
+
+/// CDI names, annotations, environment, mounts and device nodes for `targets`, as the strategies say.
+fn render(
+    resource_name: &str,
+    targets: &[DeviceUuid],
+    nodes: BTreeSet<String>,
+    policy: &AllocatePolicy,
+) -> ContainerAllocation {
     let cdi_names: Vec<String> = targets
         .iter()
         .map(|t| format!("{}={t}", policy.cdi_kind))
@@ -165,7 +243,7 @@ pub fn allocate_container(
         match strategy {
             DeviceListStrategy::CdiCri => answer.cdi_devices.clone_from(&cdi_names),
             DeviceListStrategy::CdiAnnotations => {
-                let key = format!("cdi.k8s.io/gantry_{}", resource.name.replace('/', "_"));
+                let key = format!("cdi.k8s.io/gantry_{}", resource_name.replace('/', "_"));
                 answer.annotations.insert(key, cdi_names.join(","));
             }
             DeviceListStrategy::Envvar => {
@@ -200,7 +278,7 @@ pub fn allocate_container(
             })
             .collect();
     }
-    Ok(answer)
+    answer
 }
 
 #[cfg(test)]
@@ -322,6 +400,56 @@ mod tests {
             matches!(err, AllocateError::TooManyShared { count: 2, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn shared_allocation_hands_out_the_target_not_the_ids() {
+        let mut inv = load_inventory("t4-pcie-4.yaml");
+        let milli = crate::resources::plan_milli_resource(&inv);
+        let ids: Vec<String> = (0..250)
+            .map(|n| crate::resources::milli_device_id(&inv.gpus[0].uuid, n))
+            .collect();
+        let target = inv.gpus[2].uuid.to_string();
+        let got = allocate_shared(
+            &milli,
+            &ids,
+            &target,
+            &policy("cdi-cri,cdi-annotations,envvar", true),
+        )
+        .unwrap();
+        assert_eq!(got.cdi_devices, [format!("nvidia.com/gpu={target}")]);
+        assert_eq!(
+            got.annotations["cdi.k8s.io/gantry_gantry.dev_gpu-milli"],
+            format!("nvidia.com/gpu={target}")
+        );
+        assert_eq!(got.envs[VISIBLE_DEVICES_ENV], target);
+        let paths: Vec<&str> = got.devices.iter().map(|d| d.host_path.as_str()).collect();
+        assert!(paths.contains(&"/dev/nvidia2") && !paths.contains(&"/dev/nvidia0"));
+
+        let p = policy("cdi-cri", false);
+        let whole = inv.gpus[1].uuid.to_string();
+        assert_eq!(
+            allocate_shared(&milli, std::slice::from_ref(&whole), &target, &p),
+            Err(AllocateError::UnknownDevice(whole))
+        );
+        assert_eq!(
+            allocate_shared(&milli, &[ids[0].clone(), ids[0].clone()], &target, &p),
+            Err(AllocateError::Duplicate(ids[0].clone()))
+        );
+        assert_eq!(
+            allocate_shared(&milli, &ids, "GPU-elsewhere", &p),
+            Err(AllocateError::UnknownTarget("GPU-elsewhere".into()))
+        );
+        assert_eq!(
+            allocate_shared(&milli, &[], &target, &p),
+            Err(AllocateError::Empty)
+        );
+        inv.gpus[2].health = Health::Unhealthy {
+            reason: "XID 79".into(),
+        };
+        let sick = crate::resources::plan_milli_resource(&inv);
+        let err = allocate_shared(&sick, &ids, &target, &p).unwrap_err();
+        assert!(err.to_string().contains("unhealthy: XID 79"), "{err}");
     }
 
     #[test]

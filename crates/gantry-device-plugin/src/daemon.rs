@@ -19,12 +19,14 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::allocate::AllocatePolicy;
+use crate::cluster::{keep_published, Allocator, ClusterOptions, SharedAllocator};
 use crate::config::PluginConfig;
 use crate::health::HealthTracker;
 use crate::metrics::Metrics;
-use crate::resources::{plan_resources, Resource};
+use crate::resources::{plan_milli_resource, plan_resources, Resource};
 use crate::server::{ResourceService, ResourceState};
 use crate::{Error, Result};
+use gantry_scheduler::schema::NodeGpus;
 
 /// Writes the node's CDI spec, so that the names Allocate hands out always resolve.
 pub trait CdiWriter: Send + Sync + std::fmt::Debug {
@@ -47,6 +49,9 @@ pub struct PluginOptions {
     pub kubelet_poll: Duration,
     pub metrics_addr: Option<SocketAddr>,
     pub cdi: Option<Arc<dyn CdiWriter>>,
+    /// The Kubernetes side: publishing the node's GPUs, `gantry.dev/gpu-milli` and its `Allocate`.
+    /// `None` (no node name, local development): nothing is published, no shared GPUs.
+    pub cluster: Option<ClusterOptions>,
 }
 
 /// A started plugin.
@@ -117,6 +122,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Wakes the supervisor when the set of resources changed and servers must be restarted.
     reserve: Notify,
+    /// What the Node should carry: the GPUs as the scheduler sees them (health included).
+    node_gpus: watch::Sender<Option<NodeGpus>>,
+    allocator: Option<Allocator>,
 }
 
 impl Shared {
@@ -139,13 +147,25 @@ impl Shared {
                 tracing::warn!(gpu = %t.uuid, "GPU unhealthy: {}", t.reason);
             }
         }
-        let resources = match plan_resources(&effective, &self.options.config) {
+        // What the scheduler sees changes with health even when the resources cannot be planned.
+        let gpus = NodeGpus::from_inventory(&effective);
+        self.node_gpus.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&gpus);
+            if changed {
+                *current = Some(gpus);
+            }
+            changed
+        });
+        let mut resources = match plan_resources(&effective, &self.options.config) {
             Ok(resources) => resources,
             Err(err) => {
                 tracing::error!(error = %err, "cannot advertise the discovered GPUs; keeping the previous resources");
                 return;
             }
         };
+        if self.options.cluster.as_ref().is_some_and(|c| c.gpu_milli) {
+            resources.push(plan_milli_resource(&effective));
+        }
         self.metrics.set_devices(
             &resources
                 .iter()
@@ -165,7 +185,12 @@ impl Shared {
             });
             match core.senders.get(&state.resource.name) {
                 Some(sender) => {
-                    sender.send_replace(state);
+                    // A ListAndWatch update only when the devices changed (thousands with gpu-milli).
+                    sender.send_if_modified(|current| {
+                        let changed = current.resource != state.resource;
+                        *current = state;
+                        changed
+                    });
                 }
                 None => {
                     let (sender, _) = watch::channel(state.clone());
@@ -251,6 +276,7 @@ fn serve(shared: &Arc<Shared>) -> Result<Generation> {
             policy: Arc::new(shared.options.policy.clone()),
             replica_strategy: shared.options.config.sharing.replica_strategy,
             metrics: shared.metrics.clone(),
+            shared: shared.allocator.clone(),
             stop: stop_rx.clone(),
         };
         let mut stop_rx = stop_rx.clone();
@@ -434,6 +460,17 @@ pub async fn start(options: PluginOptions) -> Result<Running> {
         cdi.write(&found.inventory).map_err(Error::Cdi)?;
     }
     let metrics = Arc::new(Metrics::default());
+    match &options.cluster {
+        Some(cluster) => tracing::info!(node = %cluster.node, gpu_milli = cluster.gpu_milli, "publishing the node's GPUs"),
+        None => tracing::warn!("no node name (--node-name, NODE_NAME): the node's GPUs are not published and shared GPUs (gantry.dev/gpu-milli) are unavailable"),
+    }
+    let allocator = options.cluster.as_ref().filter(|c| c.gpu_milli).map(|c| {
+        Arc::new(SharedAllocator::new(
+            c.client.clone(),
+            c.node.clone(),
+            c.api_timeout,
+        ))
+    });
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             known: found.inventory.clone(),
@@ -443,6 +480,8 @@ pub async fn start(options: PluginOptions) -> Result<Running> {
         }),
         metrics: metrics.clone(),
         reserve: Notify::new(),
+        node_gpus: watch::channel(None).0,
+        allocator,
         options,
     });
     shared.publish(Instant::now());
@@ -490,10 +529,20 @@ pub async fn start(options: PluginOptions) -> Result<Running> {
         xid_rx,
         rediscover_rx,
     ));
+    let publisher = shared.options.cluster.clone().map(|cluster| {
+        tokio::spawn(keep_published(
+            cluster,
+            shared.node_gpus.subscribe(),
+            stop_rx.clone(),
+        ))
+    });
     let supervisor = shared.clone();
     let task = tokio::spawn(async move {
         let result = supervise(supervisor, generation, stop_rx).await;
         let _ = health.await;
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
+        }
         result
     });
     Ok(Running {

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 pub mod allocate;
+pub mod cluster;
 pub mod config;
 mod daemon;
+pub mod handshake;
 pub mod health;
 mod metrics;
 pub mod resources;
@@ -10,6 +12,7 @@ mod server;
 
 use std::path::PathBuf;
 
+pub use cluster::{ClusterOptions, SharedAllocator};
 pub use daemon::{start, CdiWriter, PluginOptions, Running};
 pub use metrics::Metrics;
 
@@ -47,6 +50,12 @@ pub enum Error {
 
     #[error("the device plugin task failed: {0}")]
     Task(String),
+
+    #[error("{action} failed: {error}")]
+    Kube { action: String, error: String },
+
+    #[error("no pod on node {node} is waiting for {units} thousandths of a GPU (gantry.dev/gpu-milli): a pod asking for gantry.dev/gpu-milli must be scheduled by gantry-scheduler (schedulerName: gantry-scheduler), which records its GPU in the gantry.dev/gpu-assignment annotation")]
+    NoSharedPod { node: String, units: u32 },
 }
 
 impl Error {
@@ -60,6 +69,8 @@ impl Error {
             Error::Discovery(_) => "discovery",
             Error::Cdi(_) => "cdi",
             Error::Task(_) => "task",
+            Error::Kube { .. } => "kube",
+            Error::NoSharedPod { .. } => "no_shared_pod",
         }
     }
 }

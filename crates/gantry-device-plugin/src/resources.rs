@@ -11,6 +11,11 @@ use crate::{Error, Result};
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Separates a GPU's UUID from the replica number in time-sliced device IDs.
 pub const REPLICA_SEPARATOR: &str = "::";
+/// The shared-GPU resource in thousandths, placed by gantry-scheduler (`docs/scheduler.md`).
+pub const MILLI_RESOURCE: &str = gantry_scheduler::schema::RESOURCE_GPU_MILLI;
+/// Devices of [`MILLI_RESOURCE`] per whole GPU.
+pub const MILLI_PER_GPU: u32 = 1000;
+const MILLI_INFIX: &str = "::milli-";
 
 /// A host device node a container needs for a device: `/dev/nvidia<minor>` or an `nvidia-caps` node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,6 +206,52 @@ pub fn plan_resources(inventory: &NodeInventory, config: &PluginConfig) -> Resul
     Ok(resources)
 }
 
+/// The device ID of the `n`th thousandth of a GPU: `<uuid>::milli-<n>`.
+pub fn milli_device_id(gpu: &DeviceUuid, n: u32) -> String {
+    format!("{gpu}{MILLI_INFIX}{n}")
+}
+
+/// The GPU UUID and share number of a [`MILLI_RESOURCE`] device ID; `None` if it is not one.
+pub fn parse_milli_device_id(id: &str) -> Option<(&str, u32)> {
+    let (uuid, n) = id.rsplit_once(MILLI_INFIX)?;
+    let n: u32 = n.parse().ok().filter(|n| *n < MILLI_PER_GPU)?;
+    (!uuid.is_empty()).then_some((uuid, n))
+}
+
+/// Whether a GPU can be shared in thousandths: a whole GPU, not in MIG mode. The same rule as the
+/// `milli` capacity of the `gantry.dev/gpus` node annotation (`NodeGpus::from_inventory`).
+pub fn shares_in_milli(gpu: &gantry_gpu::Gpu) -> bool {
+    gpu.mig_mode != Some(MigMode::Enabled) && gpu.mig_devices.is_empty()
+}
+
+/// The [`MILLI_RESOURCE`]: [`MILLI_PER_GPU`] devices per GPU not in MIG mode, each with its GPU's
+/// health (the kubelet counts only healthy devices, so an unhealthy GPU offers none).
+///
+/// The devices carry no NUMA node: the kubelet picks arbitrary IDs and `Allocate` hands out the GPU
+/// the scheduler recorded on the pod, so a topology hint from the IDs would be wrong.
+pub fn plan_milli_resource(inventory: &NodeInventory) -> Resource {
+    let mut devices = Vec::new();
+    for gpu in inventory.gpus.iter().filter(|g| shares_in_milli(g)) {
+        let dev_nodes = vec![DevNode {
+            path: format!("/dev/nvidia{}", gpu.minor),
+        }];
+        devices.extend((0..MILLI_PER_GPU).map(|n| PluginDevice {
+            id: milli_device_id(&gpu.uuid, n),
+            target: gpu.uuid.clone(),
+            gpu_index: gpu.index,
+            numa_node: None,
+            health: gpu.health.clone(),
+            dev_nodes: dev_nodes.clone(),
+        }));
+    }
+    Resource {
+        name: MILLI_RESOURCE.to_owned(),
+        devices,
+        replicas: MILLI_PER_GPU,
+        fail_requests_greater_than_one: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +336,57 @@ mod tests {
         assert!(resources[0].fail_requests_greater_than_one);
         let err = plan_resources(&t4, &config("sharing:\n  timeSlicing:\n    resources:\n    - {name: nvidia.com/mig-1g.10gb, replicas: 2}\n")).unwrap_err();
         assert!(err.to_string().contains("does not advertise"), "{err}");
+    }
+
+    #[test]
+    fn milli_resource_has_a_thousand_devices_per_whole_gpu() {
+        let mut t4 = load_inventory("t4-pcie-4.yaml");
+        t4.gpus[3].health = Health::Unhealthy {
+            reason: "XID 79".into(),
+        };
+        let milli = plan_milli_resource(&t4);
+        assert_eq!(milli.name, "gantry.dev/gpu-milli");
+        assert_eq!(milli.socket_name(), "gantry-gantry.dev-gpu-milli.sock");
+        assert!(validate_resource_name(&milli.name).is_ok());
+        assert_eq!(milli.devices.len(), 4000);
+        let first = &milli.devices[1000];
+        assert_eq!(first.id, format!("{}::milli-0", t4.gpus[1].uuid));
+        assert_eq!(first.target, t4.gpus[1].uuid);
+        assert_eq!(first.dev_nodes[0].path, "/dev/nvidia1");
+        assert_eq!(first.numa_node, None);
+        let healthy = milli
+            .devices
+            .iter()
+            .filter(|d| d.health.is_healthy())
+            .count();
+        assert_eq!(healthy, 3000, "the unhealthy GPU's shares follow it");
+        assert_eq!(
+            milli.devices[3999].id,
+            format!("{}::milli-999", t4.gpus[3].uuid)
+        );
+
+        // GPUs in MIG mode offer no shares.
+        let a100 = load_inventory("a100-mig-4.yaml");
+        let whole = a100.gpus.iter().filter(|g| shares_in_milli(g)).count();
+        assert_eq!(plan_milli_resource(&a100).devices.len(), whole * 1000);
+        assert!(whole < a100.gpus.len());
+    }
+
+    #[test]
+    fn milli_device_ids_round_trip() {
+        let t4 = load_inventory("t4-pcie-4.yaml");
+        let uuid = &t4.gpus[2].uuid;
+        let id = milli_device_id(uuid, 417);
+        assert_eq!(parse_milli_device_id(&id), Some((uuid.as_str(), 417)));
+        for bad in [
+            uuid.to_string(),
+            format!("{uuid}::3"),
+            format!("{uuid}::milli-1000"),
+            format!("{uuid}::milli-x"),
+            "::milli-1".to_owned(),
+        ] {
+            assert_eq!(parse_milli_device_id(&bad), None, "{bad}");
+        }
     }
 
     #[test]

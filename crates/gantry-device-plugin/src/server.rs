@@ -13,9 +13,12 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::allocate::{allocate_container, AllocatePolicy, ContainerAllocation};
+use crate::allocate::{
+    allocate_container, allocate_shared, check_shared_ids, AllocatePolicy, ContainerAllocation,
+};
+use crate::cluster::Allocator;
 use crate::metrics::Metrics;
-use crate::resources::Resource;
+use crate::resources::{Resource, MILLI_RESOURCE};
 
 /// What one resource's server answers from: its devices now, and the node's topology.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub(crate) struct ResourceService {
     pub policy: Arc<AllocatePolicy>,
     pub replica_strategy: ReplicaStrategy,
     pub metrics: Arc<Metrics>,
+    /// The shared-GPU handshake, for `gantry.dev/gpu-milli` (present when the plugin knows its node).
+    pub shared: Option<Allocator>,
     /// Ends every ListAndWatch stream when this server stops, so that shutdown never waits on a kubelet
     /// that keeps its stream open.
     pub stop: watch::Receiver<bool>,
@@ -88,6 +93,39 @@ fn to_proto(allocation: ContainerAllocation) -> api::ContainerAllocateResponse {
 }
 
 impl ResourceService {
+    /// One container of `gantry.dev/gpu-milli`: the recorded GPU of the pod waiting for this many
+    /// thousandths.
+    async fn allocate_shared(
+        &self,
+        resource: &Resource,
+        ids: &[String],
+    ) -> Result<ContainerAllocation, Status> {
+        let name = &resource.name;
+        let Some(shared) = &self.shared else {
+            return Err(Status::failed_precondition(format!(
+                "{name}: the plugin does not know its node (no --node-name), so it cannot find the pod"
+            )));
+        };
+        // Check the IDs before asking the API server (the target is checked again below).
+        check_shared_ids(resource, ids)
+            .map_err(|err| Status::invalid_argument(format!("{name}: {err}")))?;
+        let units = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        let choice = shared.allocate(units).await.map_err(|err| match err {
+            crate::Error::NoSharedPod { .. } => {
+                Status::failed_precondition(format!("{name}: {err}"))
+            }
+            other => Status::unavailable(format!("{name}: {other}")),
+        })?;
+        let target = choice.gpus.first().map(String::as_str).unwrap_or_default();
+        allocate_shared(resource, ids, target, &self.policy).map_err(|err| {
+            Status::failed_precondition(format!(
+                "{name}: pod {} (container {}): {err}",
+                choice.key(),
+                choice.container
+            ))
+        })
+    }
+
     fn state(&self) -> Arc<ResourceState> {
         self.rx.borrow().clone()
     }
@@ -105,6 +143,25 @@ impl ResourceService {
                 request.allocation_size
             ))
         })?;
+        if resource.name == MILLI_RESOURCE {
+            // Which shares the kubelet books does not matter: Allocate hands out the GPU the
+            // scheduler recorded on the pod. The must-include IDs, then the first available.
+            let mut chosen = request.must_include_device_i_ds.clone();
+            let mut taken: std::collections::BTreeSet<&str> = request
+                .must_include_device_i_ds
+                .iter()
+                .map(String::as_str)
+                .collect();
+            for id in &request.available_device_i_ds {
+                if chosen.len() >= size {
+                    break;
+                }
+                if taken.insert(id.as_str()) {
+                    chosen.push(id.clone());
+                }
+            }
+            return Ok(chosen);
+        }
         let mut replicas = Vec::new();
         for id in &request.available_device_i_ds {
             let device = resource.device(id).ok_or_else(|| {
@@ -219,11 +276,16 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
 
     /// # Flow
     /// Each container's IDs are checked against the current device list, then turned into CDI names,
-    /// annotations, environment and mounts as the device list strategies say.
+    /// annotations, environment and mounts as the device list strategies say. For
+    /// `gantry.dev/gpu-milli` the IDs only count thousandths: the plugin finds the pod on its node
+    /// that gantry-scheduler placed with that many ([`crate::cluster::SharedAllocator::allocate`])
+    /// and hands out the GPU recorded on it instead.
     ///
     /// # Errors
     /// `InvalidArgument` naming the first unknown, unhealthy or repeated ID; no container of the request
-    /// gets anything then.
+    /// gets anything then. For `gantry.dev/gpu-milli`: `FailedPrecondition` when no pod on the node
+    /// waits for that many thousandths (it was not scheduled by gantry-scheduler) or its recorded GPU
+    /// is unhealthy, `Unavailable` when the API server cannot be reached.
     async fn allocate(
         &self,
         request: Request<api::AllocateRequest>,
@@ -232,18 +294,21 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
         let resource = &state.resource;
         let mut container_responses = Vec::new();
         for container in request.into_inner().container_requests {
-            match allocate_container(resource, &container.devices_ids, &self.policy) {
+            let answer = if resource.name == MILLI_RESOURCE {
+                self.allocate_shared(resource, &container.devices_ids).await
+            } else {
+                allocate_container(resource, &container.devices_ids, &self.policy)
+                    .map_err(|err| Status::invalid_argument(format!("{}: {err}", resource.name)))
+            };
+            match answer {
                 Ok(answer) => {
                     self.metrics.allocation(&resource.name, true);
                     container_responses.push(to_proto(answer));
                 }
-                Err(err) => {
+                Err(status) => {
                     self.metrics.allocation(&resource.name, false);
-                    tracing::warn!(resource = %resource.name, error = %err, "allocate refused");
-                    return Err(Status::invalid_argument(format!(
-                        "{}: {err}",
-                        resource.name
-                    )));
+                    tracing::warn!(resource = %resource.name, error = %status.message(), "allocate refused");
+                    return Err(status);
                 }
             }
         }

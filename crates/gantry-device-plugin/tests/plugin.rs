@@ -29,6 +29,7 @@ fn options(plugin_dir: &Path, discovery: DiscoveryConfig, config: &str) -> Plugi
         kubelet_poll: Duration::from_millis(50),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         cdi: None,
+        cluster: None,
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_gpu::{Health, NodeInventory};
+use gantry_gpu::{Health, MigMode, NodeInventory};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -91,7 +91,10 @@ impl NodeGpus {
                 uuid: g.uuid.as_str().to_string(),
                 product: g.product_name.clone(),
                 memory_mib: g.memory_mib,
-                milli: if matches!(g.health, Health::Healthy) && g.mig_devices.is_empty() {
+                milli: if matches!(g.health, Health::Healthy)
+                    && g.mig_mode != Some(MigMode::Enabled)
+                    && g.mig_devices.is_empty()
+                {
                     gantry_placement::MILLI
                 } else {
                     0

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use gantry_device_plugin::allocate::{parse_strategies, AllocatePolicy};
 use gantry_device_plugin::config::{MigStrategy, PluginConfig, SharedResource};
-use gantry_device_plugin::{start, CdiWriter, PluginOptions};
+use gantry_device_plugin::{start, CdiWriter, ClusterOptions, PluginOptions};
 use gantry_gpu::NodeInventory;
 
 use super::discovery_args::DiscoveryArgs;
@@ -99,6 +99,17 @@ pub struct Args {
     /// How long a GPU stays unhealthy after a critical XID before a good probe restores it.
     #[arg(long, env = "GANTRY_RECOVERY_HOLD", default_value = "60s", value_parser = parse_duration)]
     pub recovery_hold: Duration,
+
+    /// This node's name (the downward API's spec.nodeName). With it the plugin publishes the node's
+    /// GPUs (annotation gantry.dev/gpus and gantry.dev/gpu.* labels on its Node), advertises
+    /// gantry.dev/gpu-milli and hands shared GPUs out as gantry-scheduler recorded them. Without it
+    /// (local development) it only serves the kubelet.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// With --node-name, do not advertise gantry.dev/gpu-milli (shared GPUs placed by gantry-scheduler).
+    #[arg(long, env = "GANTRY_NO_GPU_MILLI")]
+    pub no_gpu_milli: bool,
 
     /// Address of /metrics and /healthz; `off` to serve none.
     #[arg(long, env = "GANTRY_METRICS_ADDR", default_value = "0.0.0.0:9402")]
@@ -194,6 +205,8 @@ impl Args {
             recovery_hold: self.recovery_hold,
             kubelet_poll: Duration::from_millis(100),
             metrics_addr,
+            // Filled in by `run` once the runtime can build the Kubernetes client.
+            cluster: None,
             cdi: if self.no_cdi_spec {
                 None
             } else {
@@ -255,13 +268,22 @@ impl CdiWriter for SpecWriter {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let options = args.options()?;
+    let mut options = args.options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Without a node name the plugin warns that nothing is published.
+        if let Some(node) = args.node_name.as_deref().filter(|n| !n.is_empty()) {
+            let client = kube::Client::try_default().await.with_context(|| {
+                format!("connecting to Kubernetes (in-cluster config or KUBECONFIG) to publish node {node}'s GPUs; unset --node-name/NODE_NAME to run without")
+            })?;
+            let mut cluster = ClusterOptions::new(client, node);
+            cluster.gpu_milli = !args.no_gpu_milli;
+            options.cluster = Some(cluster);
+        }
         let mut running = start(options).await?;
         if let Some(addr) = running.metrics_addr {
             tracing::info!("metrics on http://{addr}/metrics");
