@@ -120,6 +120,74 @@ async fn the_controller_reconciles_listed_jobs_and_stops_on_shutdown() {
         .unwrap();
 }
 
+/// Watches, not lists, drive the controller: a job created after it started, a pod of it deleted,
+/// and a job scaled up are each acted on through their watch events alone.
+#[tokio::test]
+async fn watch_events_trigger_reconciles() {
+    let (client, server) = in_memory_api_server();
+    let ctx = context(client, Arc::new(Metrics::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(gantry_operator::controller::run(
+        ctx.clone(),
+        Some("default"),
+        4,
+        Duration::from_secs(5),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Started on an empty cluster: its watches are open before the job exists.
+    eventually("the controller's watches", || server.open_watches() >= 3).await;
+    assert!(server.objects(PODS).is_empty());
+
+    server.insert(JOBS, tfjob("late", 1));
+    eventually("the new job's pods", || server.objects(PODS).len() == 2).await;
+
+    // A pod deleted behind the operator's back (an owned-pod DELETED event) comes back.
+    server.remove(PODS, "late-worker-0").unwrap();
+    eventually("the deleted worker re-created", || {
+        server
+            .objects(PODS)
+            .iter()
+            .any(|p| p["metadata"]["name"] == "late-worker-0")
+    })
+    .await;
+
+    // Scaled up (a MODIFIED event on the job): refused while running pods would keep a stale
+    // TF_CONFIG, and said so on the job ...
+    assert!(server.update(
+        JOBS,
+        "late",
+        &json!({"spec": {"tfReplicaSpecs": {"Worker": {"replicas": 2}}}})
+    ));
+    eventually("the refusal on the job", || {
+        server.objects(JOBS)[0]["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["reason"] == "TFJobScaleRefused"))
+    })
+    .await;
+    assert_eq!(server.objects(PODS).len(), 2);
+    // ... then applied once the job opts into dynamic workers (another MODIFIED event).
+    assert!(server.update(
+        JOBS,
+        "late",
+        &json!({"spec": {"enableDynamicWorker": true}})
+    ));
+    eventually("the second worker", || {
+        server
+            .objects(PODS)
+            .iter()
+            .any(|p| p["metadata"]["name"] == "late-worker-1")
+    })
+    .await;
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("graceful shutdown")
+        .unwrap();
+}
+
 fn options() -> OperatorOptions {
     OperatorOptions {
         namespace: Some("default".into()),
