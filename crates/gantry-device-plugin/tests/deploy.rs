@@ -5,13 +5,7 @@
 use serde_yaml::Value;
 
 fn manifest(name: &str) -> Vec<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/device-plugin")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
+    gantry_testkit::deploy_manifest("device-plugin", name)
 }
 
 #[test]

@@ -254,11 +254,7 @@ impl Cache {
             return;
         }
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let finished = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let finished = gantry_scheduler::request::pod_finished(&pod);
         if let Some(node) = node.filter(|n| !finished && !n.is_empty()) {
             if self.extender.state().node(&node).is_none() {
                 books.orphans.entry(node).or_default().insert(uid, pod);

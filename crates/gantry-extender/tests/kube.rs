@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use gantry_extender::{Binder, Cache, KubeBinder, Readiness, ServerConfig};
 use gantry_scheduler::wire::{ExtenderArgs, ExtenderBindingArgs};
 use gantry_scheduler::{BindPlan, Config, Extender};
-use gantry_testkit::kube_api::{fake_api_server, InMemoryApiServer};
+use gantry_testkit::kube_api::{eventually, fake_api_server, InMemoryApiServer};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::watcher::Event;
 use serde_json::{json, Value};
@@ -63,16 +63,6 @@ fn held(ext: &Extender) -> Vec<Held> {
         .into_iter()
         .map(|(n, id, a)| (n, id, a.gpus))
         .collect()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// A fresh extender with its cache watching `server`.

@@ -11,7 +11,7 @@ use gantry_operator::lease::LeaseLock;
 use gantry_operator::operator::OperatorOptions;
 use gantry_operator::{Context, Metrics};
 use gantry_planner::{Addressing, GangScheduler, PlanConfig};
-use gantry_testkit::kube_api::{in_memory_api_server, InMemoryApiServer};
+use gantry_testkit::kube_api::{eventually, in_memory_api_server, InMemoryApiServer};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::{Recorder, Reporter};
@@ -61,16 +61,6 @@ fn tfjob(name: &str, workers: i32) -> Value {
             "PS": {"template": {"spec": {"containers": [{"name": "tensorflow", "image": "tf"}]}}},
         }},
     })
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]

@@ -187,11 +187,7 @@ impl Extender {
     /// towards their gang.
     pub fn observe_pod(&self, pod: &Pod) -> Result<()> {
         self.state.upsert_pod(pod)?;
-        let finished = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let finished = crate::request::pod_finished(pod);
         if finished {
             if let Some(uid) = &pod.metadata.uid {
                 for m in lock(&self.gangs).members.values_mut() {

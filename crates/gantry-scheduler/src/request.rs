@@ -185,6 +185,14 @@ fn container_amount(c: &Container, resource: &str, pod: &str) -> Result<u64> {
     })
 }
 
+/// Whether the pod has finished (`Succeeded` or `Failed`): it holds nothing any more.
+pub fn pod_finished(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed")
+}
+
 /// Parses a Kubernetes quantity (`500m`, `2`, `1.5`, `4Gi`, `1e3`, `128M`) and multiplies it by
 /// `scale`, rounding up. `None` if malformed or negative.
 pub fn parse_quantity(text: &str, scale: f64) -> Option<u64> {

@@ -446,11 +446,7 @@ impl ClusterState {
     pub fn upsert_pod(&self, pod: &Pod) -> Result<()> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let finished = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let finished = crate::request::pod_finished(pod);
         let Some(node) = node.filter(|_| !finished) else {
             self.remove_pod(&uid);
             return Ok(());

@@ -6,13 +6,7 @@ use gantry_scheduler::schema::{RESOURCE_GPU, RESOURCE_GPU_MILLI};
 use serde_yaml::Value;
 
 fn manifest(name: &str) -> Vec<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/scheduler")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
+    gantry_testkit::deploy_manifest("scheduler", name)
 }
 
 #[test]

@@ -16,6 +16,21 @@ use serde_json::Value;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Responder = tower_test::mock::SendResponse<Response<Body>>;
 
+/// Waits until `check` holds, polling every 25 ms for up to 10 s (a watch, a controller or a
+/// plugin acting in the background); never asserts how long it took.
+///
+/// # Panics
+/// When `check` still fails after 10 s, naming `what` it waited for.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// A client talking to a fresh fake API server; the client's default namespace is `default`.
 pub fn fake_api_server() -> (kube::Client, FakeApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

@@ -44,6 +44,20 @@ pub fn load_inventory(name: &str) -> gantry_gpu::NodeInventory {
     gantry_gpu::NodeInventory::from_yaml(&text, &path).expect("valid fixture")
 }
 
+/// The YAML documents of a shipped manifest, e.g. `deploy_manifest("scheduler", "rbac.yaml")`
+/// for `deploy/scheduler/rbac.yaml`.
+pub fn deploy_manifest(dir: &str, file: &str) -> Vec<serde_yaml::Value> {
+    let path = workspace_root().join("deploy").join(dir).join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect()
+}
+
 /// Whether this process runs as root (needed for `mknod` and the container engines).
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
