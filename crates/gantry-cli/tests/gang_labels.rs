@@ -10,4 +10,12 @@ fn operator_and_scheduler_agree_on_gang_labels() {
         gantry_planner::GANTRY_MIN_MEMBER_LABEL,
         gantry_scheduler::schema::POD_GROUP_MIN_MEMBER_LABEL
     );
+    assert_eq!(
+        gantry_planner::GPU_RESOURCE,
+        gantry_scheduler::schema::RESOURCE_GPU
+    );
+    assert_eq!(
+        gantry_planner::GPU_MILLI_RESOURCE,
+        gantry_scheduler::schema::RESOURCE_GPU_MILLI
+    );
 }

@@ -315,9 +315,10 @@ async fn scheduler_plugins_and_gantry_gangs() {
                 pod["metadata"]["labels"][gantry_planner::GANTRY_GROUP_LABEL],
                 "g"
             );
+            // The two GPU workers: the CPU-only PS never reaches the extender.
             assert_eq!(
                 pod["metadata"]["labels"][gantry_planner::GANTRY_MIN_MEMBER_LABEL],
-                "3"
+                "2"
             );
             assert_eq!(pod["spec"]["schedulerName"], "gantry-scheduler");
         }

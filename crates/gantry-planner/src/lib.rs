@@ -16,10 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 
 pub use pods::{
-    exit_code, gpu_count, is_master_role, job_labels, label, phase, pod_tf_config, replica_of,
-    restart_count, tf_port, GANTRY_GROUP_LABEL, GANTRY_MIN_MEMBER_LABEL, GPU_RESOURCE,
-    JOB_NAME_LABEL, JOB_ROLE_LABEL, OPERATOR_NAME_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL,
-    SCHEDULER_PLUGINS_GROUP_LABEL, VOLCANO_GROUP_ANNOTATION, VOLCANO_TASK_ANNOTATION,
+    exit_code, gantry_min_member, gpu_count, is_master_role, job_labels, label, phase,
+    pod_tf_config, replica_of, restart_count, tf_port, GANTRY_GROUP_LABEL, GANTRY_MIN_MEMBER_LABEL,
+    GPU_MILLI_RESOURCE, GPU_RESOURCE, JOB_NAME_LABEL, JOB_ROLE_LABEL, OPERATOR_NAME_LABEL,
+    REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, SCHEDULER_PLUGINS_GROUP_LABEL,
+    VOLCANO_GROUP_ANNOTATION, VOLCANO_TASK_ANNOTATION,
 };
 pub use tf_config::{cluster_spec, is_distributed, replica_name, tf_config, TF_CONFIG};
 

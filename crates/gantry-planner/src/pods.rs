@@ -31,11 +31,13 @@ pub const SCHEDULER_PLUGINS_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
 /// Under `--gang-scheduler gantry`: the pod label naming the gang (the job's name) that Gantry's own
 /// scheduler extender reads. There is no PodGroup object in this mode; the labels are the group.
 pub const GANTRY_GROUP_LABEL: &str = "gantry.dev/pod-group";
-/// Under `--gang-scheduler gantry`: the pod label with the gang's `minMember` (all replicas, or
-/// `schedulingPolicy.minAvailable`), as a decimal string.
+/// Under `--gang-scheduler gantry`: the pod label with how many of the gang's GPU pods must be
+/// placed together, as a decimal string (see [`gantry_min_member`]).
 pub const GANTRY_MIN_MEMBER_LABEL: &str = "gantry.dev/pod-group-min-member";
 /// The extended resource that counts NVIDIA GPUs.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Gantry's shared-GPU resource (thousandths of a GPU).
+pub const GPU_MILLI_RESOURCE: &str = "gantry.dev/gpu-milli";
 
 /// The `tfjob-port` of a replica's `tensorflow` container (2222 when it has none).
 pub fn tf_port(spec: &ReplicaSpec) -> i32 {
@@ -170,7 +172,7 @@ pub(crate) fn new_pod(
             labels.insert(GANTRY_GROUP_LABEL.to_string(), group);
             labels.insert(
                 GANTRY_MIN_MEMBER_LABEL.to_string(),
-                crate::pod_group(job).min_member.to_string(),
+                gantry_min_member(job).to_string(),
             );
         }
     }
@@ -293,6 +295,44 @@ pub fn replica_of(meta: &ObjectMeta) -> Option<(ReplicaType, i32)> {
     let rtype = ReplicaType::parse(label(meta, REPLICA_TYPE_LABEL)?)?;
     let index = label(meta, REPLICA_INDEX_LABEL)?.parse().ok()?;
     Some((rtype, index))
+}
+
+/// The gang size Gantry's extender holds a job's GPU pods to.
+///
+/// kube-scheduler calls an extender only for pods that request one of its `managedResources`
+/// (`nvidia.com/gpu`, `gantry.dev/gpu-milli`), so the extender never sees a CPU-only replica such
+/// as a parameter server: counting those would have it wait for (and reserve GPUs for) pods that
+/// never come. The gang is therefore the GPU pods: all of them, or `minAvailable` when that is
+/// smaller. A job without GPU pods keeps the plain count (nothing reads it).
+pub fn gantry_min_member(job: &gantry_tfjob::TFJob) -> i32 {
+    let group = crate::pod_group(job).min_member;
+    let gpu_pods: i32 = job
+        .spec
+        .tf_replica_specs
+        .values()
+        .filter(|s| s.template.spec.as_ref().is_some_and(requests_gpu))
+        .map(|s| s.replicas.unwrap_or(1))
+        .sum();
+    if gpu_pods == 0 {
+        group
+    } else {
+        gpu_pods.min(group)
+    }
+}
+
+/// Whether any container of the pod requests whole or shared GPUs.
+fn requests_gpu(spec: &PodSpec) -> bool {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter_map(|c| c.resources.as_ref())
+        .flat_map(|r| r.requests.iter().chain(r.limits.iter()))
+        .any(|m| {
+            [GPU_RESOURCE, GPU_MILLI_RESOURCE]
+                .iter()
+                .any(|k| m.get(*k).is_some_and(|q| q.0.trim() != "0"))
+        })
 }
 
 /// GPUs a pod spec asks for: `nvidia.com/gpu` of every container, from `limits` when `requests` lacks

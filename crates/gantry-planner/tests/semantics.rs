@@ -541,3 +541,56 @@ fn failure_policy_decides_which_permanent_failures_fail_the_job() {
     w.step();
     assert!(w.status().is(Failed));
 }
+
+/// Under `--gang-scheduler gantry` the gang is the GPU pods: kube-scheduler calls the extender only
+/// for pods requesting a managed GPU resource, so a CPU-only parameter server never reaches it.
+#[test]
+fn gantry_gangs_count_the_gpu_pods_only() {
+    let gpu_job = |ps_gpu: &str, worker: &str, min_available: &str| {
+        support::job(&format!(
+            "apiVersion: kubeflow.org/v1\nkind: TFJob\nmetadata: {{name: g, namespace: ml, uid: uid-1}}\n\
+             spec:\n  runPolicy: {{schedulingPolicy: {{{min_available}}}}}\n  tfReplicaSpecs:\n\
+             \x20   PS:\n      replicas: 2\n      template:\n        spec:\n          containers:\n\
+             \x20           - {{name: tensorflow, image: tf, resources: {{limits: {{{ps_gpu}}}}}}}\n\
+             \x20   Worker:\n      replicas: 3\n      template:\n        spec:\n          containers:\n\
+             \x20           - {{name: tensorflow, image: tf, resources: {{limits: {{{worker}}}}}}}\n"
+        ))
+    };
+    let gang = |job: &gantry_tfjob::TFJob| gantry_planner::gantry_min_member(job);
+    // 2 CPU-only PS + 3 GPU workers: a gang of 3, whole or shared GPUs alike.
+    assert_eq!(gang(&gpu_job("", "nvidia.com/gpu: 1", "")), 3);
+    assert_eq!(gang(&gpu_job("", "gantry.dev/gpu-milli: 250", "")), 3);
+    assert_eq!(
+        gang(&gpu_job("nvidia.com/gpu: 0", "nvidia.com/gpu: 2", "")),
+        3
+    );
+    // GPUs everywhere: all five.
+    assert_eq!(
+        gang(&gpu_job("nvidia.com/gpu: 1", "nvidia.com/gpu: 1", "")),
+        5
+    );
+    // minAvailable smaller than the GPU pods wins; larger is capped at the GPU pods.
+    assert_eq!(
+        gang(&gpu_job("", "nvidia.com/gpu: 1", "minAvailable: 2")),
+        2
+    );
+    assert_eq!(
+        gang(&gpu_job("", "nvidia.com/gpu: 1", "minAvailable: 5")),
+        3
+    );
+    // No GPU pods at all: the plain count (the extender never sees these pods).
+    assert_eq!(gang(&gpu_job("", "", "")), 5);
+
+    // And that is the label every pod carries.
+    let config = gantry_planner::PlanConfig {
+        gang: gantry_planner::GangScheduler::Gantry,
+        ..gantry_planner::PlanConfig::default()
+    };
+    let mut world = World::with_config(gpu_job("", "nvidia.com/gpu: 1", ""), config);
+    let plan = world.step();
+    assert_eq!(plan.create_pods.len(), 5);
+    for pod in &plan.create_pods {
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[gantry_planner::GANTRY_MIN_MEMBER_LABEL], "3");
+    }
+}
