@@ -3,7 +3,9 @@
 //! and gRPC), the extender's watch cache picks the node up, `filter`/`prioritize`/`bind` place
 //! shared-GPU pods and write their assignment through the API, and the kubelet's `Allocate`
 //! (arbitrary `gantry.dev/gpu-milli` shares) hands each container exactly the GPU the scheduler
-//! recorded.
+//! recorded. A whole-GPU pod is steered the same way: `GetPreferredAllocation` names the GPUs the
+//! extender recorded, and when the kubelet hands out others the plugin corrects the record and the
+//! extender's books follow.
 // Integration tests: a panic is a test failure with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +31,7 @@ const NODE: &str = "gpu-node-1";
 const NODES: &str = "/api/v1/nodes";
 const PODS: &str = "/api/v1/namespaces/ml/pods";
 const MILLI_SOCKET: &str = "gantry-gantry.dev-gpu-milli.sock";
+const GPU_SOCKET: &str = "gantry-nvidia.com-gpu.sock";
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..400 {
@@ -48,6 +51,18 @@ fn pending_pod(name: &str, milli: u32) -> Value {
             "name": "main", "image": "cuda",
             "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
                           "limits": {"gantry.dev/gpu-milli": milli.to_string()}}}]},
+        "status": {"phase": "Pending"}
+    })
+}
+
+fn pending_whole_pod(name: &str, gpus: u32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}")},
+        "spec": {"schedulerName": "gantry-scheduler", "containers": [{
+            "name": "main", "image": "cuda",
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                          "limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
         "status": {"phase": "Pending"}
     })
 }
@@ -157,9 +172,82 @@ async fn the_container_gets_the_gpu_the_scheduler_recorded() {
     })
     .await;
 
+    let binder = KubeBinder::new(server.client());
+    // A whole-GPU pod first: the extender records two GPUs, and the kubelet, asking the plugin
+    // which of the four to prefer, is told exactly those (not the topology's choice).
+    let whole = pending_whole_pod("w", 2);
+    server.insert(PODS, whole.clone());
+    let planned = schedule(&ext, &binder, &whole).await;
+    assert_eq!(planned.gpus.len(), 2);
+    let uuids: Vec<String> = inventory.gpus.iter().map(|g| g.uuid.to_string()).collect();
+    let mut gpu_client = kubelet.plugin(GPU_SOCKET).await;
+    let preferred = gpu_client
+        .get_preferred_allocation(api::PreferredAllocationRequest {
+            container_requests: vec![api::ContainerPreferredAllocationRequest {
+                available_device_i_ds: uuids.clone(),
+                must_include_device_i_ds: vec![],
+                allocation_size: 2,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        preferred.container_responses[0].device_i_ds,
+        planned.gpu_uuids()
+    );
+    // The kubelet hands out the other two GPUs anyway: the plugin corrects the record on the pod,
+    // and the extender's watch moves the pod in its books.
+    let handed: Vec<usize> = (0..4)
+        .filter(|&g| !planned.gpu_uuids().contains(&uuids[g].as_str()))
+        .collect();
+    gpu_client
+        .allocate(api::AllocateRequest {
+            container_requests: vec![api::ContainerAllocateRequest {
+                devices_ids: handed.iter().map(|&g| uuids[g].clone()).collect(),
+            }],
+        })
+        .await
+        .unwrap();
+    let pod_w = server
+        .objects(PODS)
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "w")
+        .unwrap();
+    let corrected = GpuAssignment::parse(
+        "ml/w",
+        pod_w["metadata"]["annotations"][POD_ASSIGNMENT_ANNOTATION]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let handed_indexes: Vec<(u8, u16)> = handed
+        .iter()
+        .map(|&g| (u8::try_from(g).unwrap(), 1000))
+        .collect();
+    assert_eq!(
+        corrected
+            .gpus
+            .iter()
+            .map(|g| (u8::try_from(g.index).unwrap(), g.milli))
+            .collect::<Vec<_>>(),
+        handed_indexes
+    );
+    eventually(
+        "the extender's books to follow the corrected record",
+        || {
+            ext.state().node(NODE).is_some_and(|n| {
+                n.lock()
+                    .unwrap()
+                    .allocation("uid-w")
+                    .is_some_and(|a| a.gpus == handed_indexes)
+            })
+        },
+    )
+    .await;
+
     // Three shared pods, scheduled one after the other. a and b (600 each) cannot share a GPU;
     // whatever GPUs the policy chose are what the containers must get.
-    let binder = KubeBinder::new(server.client());
     let mut recorded = Vec::new();
     for (name, milli) in [("a", 600), ("b", 600), ("c", 300)] {
         let pod = pending_pod(name, milli);
@@ -186,6 +274,13 @@ async fn the_container_gets_the_gpu_the_scheduler_recorded() {
     }
 
     assert_ne!(recorded[0].2, recorded[1].2);
+    // They share the GPUs the whole-GPU pod really left free.
+    for (name, _, uuid) in &recorded {
+        assert!(
+            !handed.iter().any(|&g| uuids[g] == *uuid),
+            "pod {name} on {uuid}, a GPU pod w holds wholly"
+        );
+    }
 
     // The kubelet admits the pods in creation order and books shares of whatever GPU it likes:
     // here always shares of a GPU other than the one recorded for the pod.

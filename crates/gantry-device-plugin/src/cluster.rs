@@ -1,6 +1,8 @@
 //! The plugin's Kubernetes side, the only module that talks to the API server: it publishes the
-//! node's GPUs on its own Node, and looks up the pod a shared-GPU `Allocate` is for. The decisions
-//! are pure ([`node_patch`], [`crate::handshake::choose`]); this module sends them.
+//! node's GPUs on its own Node, looks up the pod a shared-GPU `Allocate` is for, and keeps the
+//! scheduler's record of whole-GPU pods right. The decisions are pure ([`node_patch`],
+//! [`crate::handshake::choose`], [`crate::handshake::prefer_whole`],
+//! [`crate::handshake::allocate_whole`]); this module sends them.
 //!
 //! The client is injected ([`ClusterOptions::client`]): the binary builds it from the in-cluster
 //! configuration, tests point it at a fake API server.
@@ -17,7 +19,9 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::Api;
 use tokio::sync::{watch, Mutex};
 
-use crate::handshake::{choose, Choice, Served};
+use crate::handshake::{
+    allocate_whole, choose, prefer_whole, whole_candidates, Choice, Served, WholeAllocation,
+};
 use crate::{Error, Result};
 
 /// How the plugin reaches the cluster, injected by the binary.
@@ -31,7 +35,7 @@ pub struct ClusterOptions {
     /// The first wait after a failed Node patch; it doubles up to `retry_max`.
     pub retry: Duration,
     pub retry_max: Duration,
-    /// How long one API call of a shared `Allocate` may take.
+    /// How long one API call of an `Allocate` or `GetPreferredAllocation` may take.
     pub api_timeout: Duration,
 }
 
@@ -164,8 +168,9 @@ pub(crate) async fn keep_published(
     }
 }
 
-/// The API side of the shared-GPU handshake: lists the pods on the node, chooses with
-/// [`choose`], and records the allocation on the pod and in memory. Point it at any client.
+/// The API side of the bind-to-Allocate handshake: lists the pods on the node, chooses with
+/// [`choose`] (shares) or [`prefer_whole`] and [`allocate_whole`] (whole GPUs), and records the
+/// allocation on the pod and in memory. Point it at any client.
 pub struct SharedAllocator {
     client: kube::Client,
     node: String,
@@ -212,19 +217,9 @@ impl SharedAllocator {
     /// gantry-scheduler, or was already served); [`Error::Kube`] when the pods cannot be listed.
     pub async fn allocate(&self, units: u32) -> Result<Choice> {
         let mut served = self.served.lock().await;
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
-        let list = within(
-            self.api_timeout,
-            || format!("listing the pods on node {}", self.node),
-            pods.list(&params),
-        )
-        .await?;
-        // Forget pods that are gone.
-        let present: std::collections::BTreeSet<String> =
-            list.items.iter().map(crate::handshake::pod_id).collect();
-        served.retain(|id, _| present.contains(id));
-        let decision = choose(&self.node, units, &list.items, &served);
+        let pods = self.list_pods().await?;
+        forget_gone(&mut served, &pods);
+        let decision = choose(&self.node, units, &pods, &served);
         for warning in &decision.warnings {
             tracing::warn!("{warning}; skipped");
         }
@@ -251,6 +246,118 @@ impl SharedAllocator {
         tracing::info!(pod = %choice.key(), container = %choice.container, gpus = ?choice.gpus, units, "shared GPU allocated");
         Ok(choice)
     }
+
+    /// The pods on the node (`GET /api/v1/pods?fieldSelector=spec.nodeName=<node>`).
+    async fn list_pods(&self) -> Result<Vec<Pod>> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
+        let list = within(
+            self.api_timeout,
+            || format!("listing the pods on node {}", self.node),
+            pods.list(&params),
+        )
+        .await?;
+        Ok(list.items)
+    }
+
+    /// `GetPreferredAllocation` of `size` whole GPUs out of `available`: the GPUs gantry-scheduler
+    /// recorded on the pod waiting for them ([`whole_candidates`], [`prefer_whole`]).
+    ///
+    /// # Errors
+    /// None: `None` means "no preference from the record" (no pod fits, or the pods cannot be
+    /// listed within the API timeout, which is logged) and the caller prefers by topology.
+    pub async fn prefer_whole(
+        &self,
+        size: usize,
+        available: &[String],
+        must_include: &[String],
+    ) -> Option<Vec<String>> {
+        let pods = match self.list_pods().await {
+            Ok(pods) => pods,
+            Err(err) => {
+                tracing::warn!(error = %err, "preferring whole GPUs by topology");
+                return None;
+            }
+        };
+        let served = self.served.lock().await.clone();
+        let (candidates, warnings) = whole_candidates(&self.node, size, &pods, &served);
+        for warning in &warnings {
+            tracing::warn!("{warning}; skipped");
+        }
+        let chosen = prefer_whole(&candidates, available, must_include);
+        match &chosen {
+            Some(gpus) => {
+                tracing::info!(gpus = ?gpus, size, "preferring the GPUs recorded by gantry-scheduler")
+            }
+            None => tracing::debug!(size, "no recorded GPUs fit; preferring by topology"),
+        }
+        chosen
+    }
+
+    /// After the kubelet handed out the whole GPUs `gpus` (`(index, uuid)`): finds the pod they
+    /// are for ([`allocate_whole`]), remembers it as served and records it on the pod with a merge
+    /// patch: `gantry.dev/gpu-allocated`, `gantry.dev/gpu-allocated-containers`, and, when the
+    /// kubelet's GPUs differ from the record, a corrected `gantry.dev/gpu-assignment` (the
+    /// extender's watch then corrects its books). A handed-out GPU recorded for another unfinished
+    /// pod is logged as a warning naming both pods.
+    ///
+    /// # Errors
+    /// None: the kubelet's choice stands whatever happens here. A failed list or patch is logged
+    /// and `None` (or the unrecorded allocation) is returned.
+    pub async fn allocate_whole(&self, gpus: &[(u32, String)]) -> Option<WholeAllocation> {
+        let mut served = self.served.lock().await;
+        let pods = match self.list_pods().await {
+            Ok(pods) => pods,
+            Err(err) => {
+                tracing::warn!(error = %err, gpus = ?gpus, "whole GPUs allocated without checking the scheduler's record");
+                return None;
+            }
+        };
+        forget_gone(&mut served, &pods);
+        let decision = allocate_whole(&self.node, gpus, &pods, &served);
+        for warning in &decision.warnings {
+            tracing::warn!("{warning}; skipped");
+        }
+        let Some(allocation) = decision.allocation else {
+            tracing::info!(gpus = ?gpus, "no pod on the node has these whole GPUs recorded by gantry-scheduler");
+            return None;
+        };
+        served
+            .entry(allocation.pod.id.clone())
+            .or_default()
+            .extend(allocation.pod.containers.iter().cloned());
+        for warning in allocation.conflict_warnings() {
+            tracing::warn!("{warning}");
+        }
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let namespaced: Api<Pod> = Api::namespaced(self.client.clone(), &allocation.pod.namespace);
+        let patch = Patch::Merge(allocation.patch(&now));
+        let recorded = within(
+            self.api_timeout,
+            || format!("recording the allocation on pod {}", allocation.pod.key()),
+            namespaced.patch(&allocation.pod.name, &PatchParams::default(), &patch),
+        )
+        .await;
+        if let Err(err) = recorded {
+            tracing::warn!(error = %err, corrected = allocation.corrected.is_some(), "the allocation is remembered in memory only");
+        }
+        match &allocation.corrected {
+            Some(corrected) => {
+                tracing::info!(pod = %allocation.pod.key(), recorded = ?allocation.pod.recorded(), handed_out = ?corrected.gpu_uuids(), "the kubelet chose other whole GPUs than recorded; record corrected")
+            }
+            None => {
+                tracing::info!(pod = %allocation.pod.key(), gpus = ?allocation.pod.recorded(), "whole GPUs allocated as recorded")
+            }
+        }
+        Some(allocation)
+    }
+}
+
+/// Forgets the served pods that are no longer on the node.
+fn forget_gone(served: &mut Served, pods: &[Pod]) {
+    let present: std::collections::BTreeSet<String> =
+        pods.iter().map(crate::handshake::pod_id).collect();
+    served.retain(|id, _| present.contains(id));
 }
 
 /// Shared between the daemon's tasks.

@@ -464,7 +464,8 @@ pub async fn start(options: PluginOptions) -> Result<Running> {
         Some(cluster) => tracing::info!(node = %cluster.node, gpu_milli = cluster.gpu_milli, "publishing the node's GPUs"),
         None => tracing::warn!("no node name (--node-name, NODE_NAME): the node's GPUs are not published and shared GPUs (gantry.dev/gpu-milli) are unavailable"),
     }
-    let allocator = options.cluster.as_ref().filter(|c| c.gpu_milli).map(|c| {
+    // Shared GPUs and the whole-GPU record both need the node's pods.
+    let allocator = options.cluster.as_ref().map(|c| {
         Arc::new(SharedAllocator::new(
             c.client.clone(),
             c.node.clone(),

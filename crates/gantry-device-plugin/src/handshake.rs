@@ -8,11 +8,16 @@
 //! `Allocate` at a time (init containers first, then the others, in spec order), so each pod offers
 //! its *next* container not yet served; a served container is recorded on the pod
 //! ([`POD_ALLOCATED_ANNOTATION`], [`POD_ALLOCATED_CONTAINERS_ANNOTATION`]) and in memory.
+//!
+//! Whole GPUs (`nvidia.com/gpu`) are chosen by the kubelet, not the plugin: [`prefer_whole`] steers
+//! `GetPreferredAllocation` to the recorded GPUs, and [`allocate_whole`] says how to correct the
+//! record when the kubelet handed out others.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_scheduler::schema::{
-    allocate_target, GpuAssignment, POD_ASSIGNMENT_ANNOTATION, RESOURCE_GPU_MILLI,
+    allocate_target, AssignedGpu, GpuAssignment, POD_ASSIGNMENT_ANNOTATION, RESOURCE_GPU,
+    RESOURCE_GPU_MILLI, SCHEMA_VERSION,
 };
 use k8s_openapi::api::core::v1::{Container, Pod};
 
@@ -81,28 +86,7 @@ pub fn pod_id(pod: &Pod) -> String {
 /// A container's `gantry.dev/gpu-milli`: the request, else the limit (extended resources are
 /// usually given as limits). `Err` names a malformed quantity.
 fn container_milli(container: &Container) -> Result<u32, String> {
-    let Some(resources) = &container.resources else {
-        return Ok(0);
-    };
-    let quantity = resources
-        .requests
-        .as_ref()
-        .and_then(|r| r.get(RESOURCE_GPU_MILLI))
-        .or_else(|| {
-            resources
-                .limits
-                .as_ref()
-                .and_then(|l| l.get(RESOURCE_GPU_MILLI))
-        });
-    match quantity {
-        None => Ok(0),
-        Some(q) => q.0.trim().parse().map_err(|_| {
-            format!(
-                "container {} asks for {RESOURCE_GPU_MILLI} {:?}, not a whole number",
-                container.name, q.0
-            )
-        }),
-    }
+    container_quantity(container, RESOURCE_GPU_MILLI)
 }
 
 /// A pod waiting for its next container's shared GPU.
@@ -212,14 +196,7 @@ fn slot(node: &str, pod: &Pod, served: &Served) -> Result<Option<(Slot, GpuAssig
 /// Deterministic for the same input. A pod with a malformed assignment or quantity is skipped with
 /// a warning and never keeps another pod from matching.
 pub fn choose(node: &str, units: u32, pods: &[Pod], served: &Served) -> Decision {
-    let mut ordered: Vec<&Pod> = pods.iter().collect();
-    ordered.sort_by(|a, b| {
-        let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let name = |p: &Pod| (p.metadata.namespace.clone(), p.metadata.name.clone());
-        created(a)
-            .cmp(&created(b))
-            .then_with(|| name(a).cmp(&name(b)))
-    });
+    let ordered = oldest_first(pods);
     let mut warnings = Vec::new();
     let mut slots = Vec::new();
     let mut bound = Vec::new();
@@ -247,6 +224,353 @@ pub fn choose(node: &str, units: u32, pods: &[Pod], served: &Served) -> Decision
         })
     });
     Decision { choice, warnings }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole GPUs (`nvidia.com/gpu`): the kubelet picks the device IDs itself. The plugin steers its
+// choice towards the GPUs the scheduler recorded (`GetPreferredAllocation`, [`prefer_whole`]) and,
+// when the kubelet chose otherwise, corrects the record after the fact (`Allocate`,
+// [`allocate_whole`]), so the extender's books follow what the containers really got.
+// ---------------------------------------------------------------------------------------------
+
+/// A pod waiting for whole GPUs: bound by gantry-scheduler to this node, not served yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholePod {
+    pub namespace: String,
+    pub name: String,
+    /// The key of [`Served`].
+    pub id: String,
+    /// Its containers asking for `nvidia.com/gpu`, in the kubelet's order.
+    pub containers: Vec<String>,
+    /// What the scheduler recorded.
+    pub assignment: GpuAssignment,
+}
+
+impl WholePod {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The recorded GPU UUIDs, in the record's (index) order.
+    pub fn recorded(&self) -> Vec<&str> {
+        self.assignment.gpu_uuids()
+    }
+}
+
+/// A container's request for `resource` (the request, else the limit). `Err` names a malformed
+/// quantity.
+fn container_quantity(container: &Container, resource: &str) -> Result<u32, String> {
+    let Some(resources) = &container.resources else {
+        return Ok(0);
+    };
+    let quantity = resources
+        .requests
+        .as_ref()
+        .and_then(|r| r.get(resource))
+        .or_else(|| resources.limits.as_ref().and_then(|l| l.get(resource)));
+    match quantity {
+        None => Ok(0),
+        Some(q) => q.0.trim().parse().map_err(|_| {
+            format!(
+                "container {} asks for {resource} {:?}, not a whole number",
+                container.name, q.0
+            )
+        }),
+    }
+}
+
+/// Whether a pod still holds (or is about to hold) what it was assigned: not finished, not deleting.
+fn unfinished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// Pods ordered oldest first (creation time, then namespace and name).
+fn oldest_first(pods: &[Pod]) -> Vec<&Pod> {
+    let mut ordered: Vec<&Pod> = pods.iter().collect();
+    ordered.sort_by(|a, b| {
+        let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let name = |p: &Pod| (p.metadata.namespace.clone(), p.metadata.name.clone());
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| name(a).cmp(&name(b)))
+    });
+    ordered
+}
+
+/// Why a pod is no whole-GPU candidate: `None` (silently), or a warning.
+fn whole_pod(
+    node: &str,
+    count: usize,
+    pod: &Pod,
+    served: &Served,
+) -> Result<Option<WholePod>, String> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let key = format!("{namespace}/{name}");
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(None);
+    };
+    if spec.node_name.as_deref() != Some(node) {
+        return Ok(None);
+    }
+    // A running pod was admitted (and allocated) already.
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if !unfinished(pod) || running {
+        return Ok(None);
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    let Some(raw) = annotations.and_then(|a| a.get(POD_ASSIGNMENT_ANNOTATION)) else {
+        return Ok(None);
+    };
+    if annotations.is_some_and(|a| a.contains_key(POD_ALLOCATED_ANNOTATION))
+        || served.contains_key(&pod_id(pod))
+    {
+        return Ok(None);
+    }
+    let mut containers = Vec::new();
+    for container in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        // A pod asking for shares is the shared handshake's.
+        if container_milli(container).map_err(|e| format!("pod {key}: {e}"))? > 0 {
+            return Ok(None);
+        }
+        if container_quantity(container, RESOURCE_GPU).map_err(|e| format!("pod {key}: {e}"))? > 0 {
+            containers.push(container.name.clone());
+        }
+    }
+    if containers.is_empty() {
+        return Ok(None);
+    }
+    let assignment = GpuAssignment::parse(&key, raw).map_err(|e| e.to_string())?;
+    if assignment.node != node {
+        return Err(format!(
+            "pod {key} is bound to node {node} but its {POD_ASSIGNMENT_ANNOTATION} names node {}",
+            assignment.node
+        ));
+    }
+    if assignment.gpus.len() != count || assignment.gpus.iter().any(|g| g.milli != 1000) {
+        return Ok(None);
+    }
+    Ok(Some(WholePod {
+        namespace,
+        name,
+        id: pod_id(pod),
+        containers,
+        assignment,
+    }))
+}
+
+/// The pods on `node` waiting for exactly `count` whole GPUs, oldest first, and a warning per pod
+/// skipped because something on it is malformed.
+///
+/// A candidate is bound to `node`, neither finished, terminating nor running, not marked allocated
+/// (the [`POD_ALLOCATED_ANNOTATION`] or `served`), asks for `nvidia.com/gpu` and no
+/// `gantry.dev/gpu-milli`, and carries a `gantry.dev/gpu-assignment` for `node` of `count` GPUs at
+/// 1000 thousandths each.
+pub fn whole_candidates(
+    node: &str,
+    count: usize,
+    pods: &[Pod],
+    served: &Served,
+) -> (Vec<WholePod>, Vec<String>) {
+    let mut candidates = Vec::new();
+    let mut warnings = Vec::new();
+    for pod in oldest_first(pods) {
+        match whole_pod(node, count, pod, served) {
+            Ok(Some(candidate)) => candidates.push(candidate),
+            Ok(None) => {}
+            Err(warning) => warnings.push(warning),
+        }
+    }
+    (candidates, warnings)
+}
+
+/// `GetPreferredAllocation` of whole GPUs: the recorded GPUs of the first candidate (oldest first)
+/// whose recorded GPUs are all in `available` and include every `must_include` ID. `None`: no
+/// candidate fits, the caller falls back to its topology choice.
+pub fn prefer_whole(
+    candidates: &[WholePod],
+    available: &[String],
+    must_include: &[String],
+) -> Option<Vec<String>> {
+    let available: BTreeSet<&str> = available.iter().map(String::as_str).collect();
+    candidates.iter().find_map(|pod| {
+        let recorded = pod.recorded();
+        let fits = recorded.iter().all(|uuid| available.contains(uuid))
+            && must_include
+                .iter()
+                .all(|id| recorded.contains(&id.as_str()));
+        fits.then(|| recorded.iter().map(|u| (*u).to_owned()).collect())
+    })
+}
+
+/// A GPU handed out wholly that carries another unfinished pod's recorded assignment (shares, or a
+/// stale whole-GPU record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub uuid: String,
+    /// `namespace/name` of the other pod.
+    pub pod: String,
+    /// The thousandths recorded for it on this GPU.
+    pub milli: u16,
+}
+
+/// What a whole-GPU `Allocate` changes in the books.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholeAllocation {
+    pub pod: WholePod,
+    /// The assignment of the GPUs actually handed out, when they differ from the record.
+    pub corrected: Option<GpuAssignment>,
+    /// The handed-out GPUs recorded for other unfinished pods on the node.
+    pub conflicts: Vec<Conflict>,
+}
+
+impl WholeAllocation {
+    /// The merge patch that records this allocation on the pod at time `now` (RFC 3339): the
+    /// allocation annotations of the shared path and, when corrected, the new assignment.
+    pub fn patch(&self, now: &str) -> serde_json::Value {
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(POD_ALLOCATED_ANNOTATION.to_owned(), now.into());
+        annotations.insert(
+            POD_ALLOCATED_CONTAINERS_ANNOTATION.to_owned(),
+            self.pod.containers.join(",").into(),
+        );
+        if let Some(corrected) = &self.corrected {
+            annotations.insert(
+                POD_ASSIGNMENT_ANNOTATION.to_owned(),
+                corrected.to_annotation().into(),
+            );
+        }
+        serde_json::json!({"metadata": {"annotations": annotations}})
+    }
+
+    /// One line per conflict, naming both pods.
+    pub fn conflict_warnings(&self) -> Vec<String> {
+        self.conflicts
+            .iter()
+            .map(|c| {
+                format!(
+                    "GPU {} is handed out wholly to pod {} but carries {} thousandths recorded for pod {}",
+                    c.uuid,
+                    self.pod.key(),
+                    c.milli,
+                    c.pod
+                )
+            })
+            .collect()
+    }
+}
+
+/// [`allocate_whole`]'s answer: the allocation, if any pod matches, and a warning per skipped pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WholeDecision {
+    pub allocation: Option<WholeAllocation>,
+    pub warnings: Vec<String>,
+}
+
+/// `Allocate` of whole GPUs on `node`: the kubelet handed out `gpus` (`(index, uuid)`, any order).
+///
+/// # Flow
+/// The candidates of [`whole_candidates`] for `gpus.len()` GPUs; the one whose record is exactly
+/// `gpus` wins (the kubelet followed [`prefer_whole`]), else the oldest. When its record differs
+/// from `gpus` the allocation carries the corrected assignment (same schema, indexes ascending,
+/// 1000 each). Every other unfinished pod on `node` (running ones included) whose record names one of
+/// `gpus` is a [`Conflict`].
+///
+/// # Guarantees
+/// Pure and deterministic. Malformed pods are skipped with a warning.
+pub fn allocate_whole(
+    node: &str,
+    gpus: &[(u32, String)],
+    pods: &[Pod],
+    served: &Served,
+) -> WholeDecision {
+    let (candidates, warnings) = whole_candidates(node, gpus.len(), pods, served);
+    let handed: BTreeSet<&str> = gpus.iter().map(|(_, u)| u.as_str()).collect();
+    let same = |pod: &WholePod| pod.recorded().into_iter().collect::<BTreeSet<_>>() == handed;
+    let Some(pod) = candidates
+        .iter()
+        .find(|p| same(p))
+        .or_else(|| candidates.first())
+        .cloned()
+    else {
+        return WholeDecision {
+            allocation: None,
+            warnings,
+        };
+    };
+    let corrected = (!same(&pod)).then(|| {
+        let mut sorted = gpus.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        GpuAssignment {
+            version: SCHEMA_VERSION.to_owned(),
+            node: node.to_owned(),
+            gpus: sorted
+                .into_iter()
+                .map(|(index, uuid)| AssignedGpu {
+                    index,
+                    uuid,
+                    milli: 1000,
+                })
+                .collect(),
+        }
+    });
+    let mut conflicts = Vec::new();
+    for other in oldest_first(pods) {
+        let Some(spec) = other.spec.as_ref() else {
+            continue;
+        };
+        if spec.node_name.as_deref() != Some(node) || !unfinished(other) || pod_id(other) == pod.id
+        {
+            continue;
+        }
+        let key = format!(
+            "{}/{}",
+            other.metadata.namespace.as_deref().unwrap_or_default(),
+            other.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some(raw) = other
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(POD_ASSIGNMENT_ANNOTATION))
+        else {
+            continue;
+        };
+        // A malformed record was warned about (or is not ours to judge): no conflict to report.
+        let Ok(record) = GpuAssignment::parse(&key, raw) else {
+            continue;
+        };
+        if record.node != node {
+            continue;
+        }
+        for gpu in record
+            .gpus
+            .iter()
+            .filter(|g| handed.contains(g.uuid.as_str()))
+        {
+            conflicts.push(Conflict {
+                uuid: gpu.uuid.clone(),
+                pod: key.clone(),
+                milli: gpu.milli,
+            });
+        }
+    }
+    WholeDecision {
+        allocation: Some(WholeAllocation {
+            pod,
+            corrected,
+            conflicts,
+        }),
+        warnings,
+    }
 }
 
 #[cfg(test)]
@@ -515,5 +839,231 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(chosen(1000, &[whole], &Served::new()), None);
+    }
+    /// A pending whole-GPU pod on `node` created at second `created`, one container asking for
+    /// `gpus.len()` of `nvidia.com/gpu`, recorded on `gpus` (`(index, uuid)`) when given.
+    fn whole(name: &str, created: u32, node: &str, gpus: &[(u32, &str)]) -> Pod {
+        let recorded: Vec<serde_json::Value> = gpus
+            .iter()
+            .map(|(i, u)| json!({"index": i, "uuid": u, "milli": 1000}))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"),
+                "creationTimestamp": format!("2026-01-01T00:00:{created:02}Z"),
+                "annotations": {POD_ASSIGNMENT_ANNOTATION:
+                    json!({"version": "v1", "node": node, "gpus": recorded}).to_string()}},
+            "spec": {"nodeName": node, "containers": [{"name": "main",
+                "resources": {"limits": {"nvidia.com/gpu": gpus.len().to_string()}}}]},
+            "status": {"phase": "Pending"},
+        }))
+        .unwrap()
+    }
+
+    fn ids(uuids: &[&str]) -> Vec<String> {
+        uuids.iter().map(|u| (*u).to_owned()).collect()
+    }
+
+    fn prefer(size: usize, pods: &[Pod], available: &[&str], must: &[&str]) -> Option<Vec<String>> {
+        let (candidates, _) = whole_candidates(NODE, size, pods, &Served::new());
+        prefer_whole(&candidates, &ids(available), &ids(must))
+    }
+
+    const ALL: [&str; 4] = ["GPU-0", "GPU-1", "GPU-2", "GPU-3"];
+
+    #[test]
+    fn whole_preference_follows_the_oldest_matching_record() {
+        let pods = [
+            whole("young", 30, NODE, &[(0, "GPU-0"), (1, "GPU-1")]),
+            whole("old", 10, NODE, &[(1, "GPU-1"), (2, "GPU-2")]),
+            whole("single", 5, NODE, &[(3, "GPU-3")]),
+        ];
+        assert_eq!(prefer(2, &pods, &ALL, &[]), Some(ids(&["GPU-1", "GPU-2"])));
+        assert_eq!(prefer(1, &pods, &ALL, &[]), Some(ids(&["GPU-3"])));
+        // No pod records 3 GPUs: fall back.
+        assert_eq!(prefer(3, &pods, &ALL, &[]), None);
+        // The old pod's GPU 2 is taken: the young pod's record fits.
+        assert_eq!(
+            prefer(2, &pods, &["GPU-0", "GPU-1", "GPU-3"], &[]),
+            Some(ids(&["GPU-0", "GPU-1"]))
+        );
+        // Neither fits.
+        assert_eq!(prefer(2, &pods, &["GPU-1", "GPU-3"], &[]), None);
+    }
+
+    #[test]
+    fn whole_preference_respects_must_include() {
+        let pods = [
+            whole("old", 10, NODE, &[(1, "GPU-1"), (2, "GPU-2")]),
+            whole("young", 30, NODE, &[(0, "GPU-0"), (3, "GPU-3")]),
+        ];
+        assert_eq!(
+            prefer(2, &pods, &ALL, &["GPU-2"]),
+            Some(ids(&["GPU-1", "GPU-2"]))
+        );
+        assert_eq!(
+            prefer(2, &pods, &ALL, &["GPU-3"]),
+            Some(ids(&["GPU-0", "GPU-3"]))
+        );
+        assert_eq!(prefer(2, &pods, &ALL, &["GPU-1", "GPU-3"]), None);
+    }
+
+    #[test]
+    fn whole_candidates_skip_what_is_not_waiting_for_whole_gpus() {
+        let two = [(0, "GPU-0"), (1, "GPU-1")];
+        let mut running = whole("running", 1, NODE, &two);
+        running.status.as_mut().unwrap().phase = Some("Running".into());
+        let mut done = whole("done", 2, NODE, &two);
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let mut deleting = whole("deleting", 3, NODE, &two);
+        deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
+        let allocated = annotate(
+            whole("allocated", 4, NODE, &two),
+            POD_ALLOCATED_ANNOTATION,
+            "2026-01-01T00:01:00Z",
+        );
+        let remembered = whole("remembered", 5, NODE, &two);
+        let elsewhere = whole("elsewhere", 6, "gpu-node-2", &two);
+        // Recorded with 500 thousandths: not whole GPUs.
+        let partial = annotate(
+            whole("partial", 7, NODE, &two),
+            POD_ASSIGNMENT_ANNOTATION,
+            r#"{"version":"v1","node":"gpu-node-1","gpus":[{"index":0,"uuid":"GPU-0","milli":500},{"index":1,"uuid":"GPU-1","milli":1000}]}"#,
+        );
+        // A shared pod of 1000 thousandths is the shared handshake's.
+        let shared = pod("shared", 8, NODE, Some("GPU-0"), &[1000]);
+        let broken = annotate(
+            whole("broken", 9, NODE, &two),
+            POD_ASSIGNMENT_ANNOTATION,
+            "{not json",
+        );
+        let mut served = Served::new();
+        served
+            .entry("uid-remembered".into())
+            .or_default()
+            .insert("main".into());
+        let pods = [
+            running, done, deleting, allocated, remembered, elsewhere, partial, shared, broken,
+        ];
+        let (candidates, warnings) = whole_candidates(NODE, 2, &pods, &served);
+        assert!(candidates.is_empty(), "{candidates:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("ml/broken"), "{warnings:?}");
+        let (candidates, _) = whole_candidates(NODE, 1, &pods, &served);
+        assert!(candidates.is_empty(), "{candidates:?}");
+        // Without the memory, the remembered pod is a candidate again.
+        let (candidates, _) = whole_candidates(NODE, 2, &pods, &Served::new());
+        let names: Vec<&str> = candidates.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["remembered"]);
+        assert_eq!(candidates[0].containers, ["main"]);
+    }
+
+    fn handed(gpus: &[(u32, &str)]) -> Vec<(u32, String)> {
+        gpus.iter().map(|(i, u)| (*i, (*u).to_owned())).collect()
+    }
+
+    #[test]
+    fn whole_allocate_keeps_a_matching_record() {
+        let pods = [
+            whole("old", 10, NODE, &[(0, "GPU-0"), (1, "GPU-1")]),
+            whole("young", 20, NODE, &[(2, "GPU-2"), (3, "GPU-3")]),
+        ];
+        // The kubelet followed the young pod's record (the old one's GPUs were taken), any order.
+        let decision = allocate_whole(
+            NODE,
+            &handed(&[(3, "GPU-3"), (2, "GPU-2")]),
+            &pods,
+            &Served::new(),
+        );
+        let allocation = decision.allocation.unwrap();
+        assert_eq!(allocation.pod.name, "young");
+        assert_eq!(allocation.corrected, None);
+        assert!(allocation.conflicts.is_empty());
+        assert_eq!(
+            allocation.patch("2026-01-01T00:01:00Z"),
+            json!({"metadata": {"annotations": {
+                POD_ALLOCATED_ANNOTATION: "2026-01-01T00:01:00Z",
+                POD_ALLOCATED_CONTAINERS_ANNOTATION: "main"}}})
+        );
+        // No pod waits for one GPU.
+        let decision = allocate_whole(NODE, &handed(&[(0, "GPU-0")]), &pods, &Served::new());
+        assert_eq!(decision.allocation, None);
+    }
+
+    #[test]
+    fn whole_allocate_corrects_a_record_the_kubelet_did_not_follow() {
+        let pods = [
+            whole("old", 10, NODE, &[(0, "GPU-0"), (1, "GPU-1")]),
+            whole("young", 20, NODE, &[(0, "GPU-0"), (2, "GPU-2")]),
+        ];
+        let decision = allocate_whole(
+            NODE,
+            &handed(&[(3, "GPU-3"), (1, "GPU-1")]),
+            &pods,
+            &Served::new(),
+        );
+        let allocation = decision.allocation.unwrap();
+        assert_eq!(allocation.pod.name, "old");
+        let corrected = allocation.corrected.clone().unwrap();
+        assert_eq!(
+            corrected.to_annotation(),
+            r#"{"version":"v1","node":"gpu-node-1","gpus":[{"index":1,"uuid":"GPU-1","milli":1000},{"index":3,"uuid":"GPU-3","milli":1000}]}"#
+        );
+        let patch = allocation.patch("2026-01-01T00:01:00Z");
+        let annotations = &patch["metadata"]["annotations"];
+        assert_eq!(
+            annotations[POD_ASSIGNMENT_ANNOTATION],
+            corrected.to_annotation()
+        );
+        assert_eq!(
+            annotations[POD_ALLOCATED_ANNOTATION],
+            "2026-01-01T00:01:00Z"
+        );
+        assert_eq!(
+            GpuAssignment::parse(
+                "ml/old",
+                annotations[POD_ASSIGNMENT_ANNOTATION].as_str().unwrap()
+            )
+            .unwrap(),
+            corrected
+        );
+        // The young pod's stale record does not name GPU 1 or 3: no conflict.
+        assert!(
+            allocation.conflicts.is_empty(),
+            "{:?}",
+            allocation.conflicts
+        );
+    }
+
+    #[test]
+    fn whole_allocate_reports_shares_recorded_on_a_handed_out_gpu() {
+        let mut running_share = pod("share", 1, NODE, Some("GPU-2"), &[250]);
+        running_share.status.as_mut().unwrap().phase = Some("Running".into());
+        let mut finished_share = pod("finished", 2, NODE, Some("GPU-3"), &[500]);
+        finished_share.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let foreign_share = pod("foreign", 3, "gpu-node-2", Some("GPU-3"), &[500]);
+        let waiting = whole("x", 10, NODE, &[(0, "GPU-0"), (1, "GPU-1")]);
+        let pods = [running_share, finished_share, foreign_share, waiting];
+        let decision = allocate_whole(
+            NODE,
+            &handed(&[(2, "GPU-2"), (3, "GPU-3")]),
+            &pods,
+            &Served::new(),
+        );
+        let allocation = decision.allocation.unwrap();
+        assert_eq!(allocation.pod.name, "x");
+        assert!(allocation.corrected.is_some());
+        assert_eq!(
+            allocation.conflicts,
+            [Conflict {
+                uuid: "GPU-2".into(),
+                pod: "ml/share".into(),
+                milli: 250
+            }]
+        );
+        let warnings = allocation.conflict_warnings();
+        assert_eq!(warnings.len(), 1);
+        for part in ["GPU-2", "ml/x", "ml/share", "250"] {
+            assert!(warnings[0].contains(part), "{warnings:?}");
+        }
     }
 }

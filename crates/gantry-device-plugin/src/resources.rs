@@ -57,6 +57,18 @@ impl Resource {
     pub fn device(&self, id: &str) -> Option<&PluginDevice> {
         self.devices.iter().find(|d| d.id == id)
     }
+
+    /// Whether this is `nvidia.com/gpu` of whole GPUs, each advertised once under its own UUID
+    /// (not time-sliced replicas, not MIG devices): the resource gantry-scheduler records whole
+    /// GPUs of.
+    pub fn is_whole_gpus(&self) -> bool {
+        self.name == GPU_RESOURCE
+            && self.replicas <= 1
+            && self
+                .devices
+                .iter()
+                .all(|d| !d.target.is_mig() && d.id == d.target.as_str())
+    }
 }
 
 /// Resource names are `<domain>/<name>`, DNS-label characters only: they become socket file names.
@@ -280,6 +292,7 @@ mod tests {
         assert_eq!(resources[0].socket_name(), "gantry-nvidia.com-gpu.sock");
         assert_eq!(resources[0].devices[3].dev_nodes[0].path, "/dev/nvidia3");
         assert_eq!(resources[0].devices[5].numa_node, Some(1));
+        assert!(resources[0].is_whole_gpus());
     }
 
     #[test]
@@ -295,6 +308,9 @@ mod tests {
                 ("nvidia.com/mig-3g.40gb".to_owned(), 1),
             ]
         );
+        // The two GPUs without MIG are whole GPUs; the profiles are not.
+        assert!(resources[0].is_whole_gpus());
+        assert!(!resources[1].is_whole_gpus());
         let mig = &resources[1].devices[0];
         assert!(mig.id.starts_with("MIG-"));
         assert_eq!(
@@ -318,6 +334,10 @@ mod tests {
         let resources =
             plan_resources(&only_first, &config("flags:\n  migStrategy: single\n")).unwrap();
         assert_eq!(names(&resources), [("nvidia.com/gpu".to_owned(), 7)]);
+        assert!(
+            !resources[0].is_whole_gpus(),
+            "MIG devices under nvidia.com/gpu"
+        );
     }
 
     #[test]
@@ -334,6 +354,13 @@ mod tests {
             format!("{}::1", t4.gpus[1].uuid)
         );
         assert!(resources[0].fail_requests_greater_than_one);
+        assert!(!resources[0].is_whole_gpus());
+        // Replicas without renaming keep the name but are still not whole GPUs.
+        let kept =
+            "sharing:\n  timeSlicing:\n    resources:\n    - {name: nvidia.com/gpu, replicas: 2}\n";
+        let resources = plan_resources(&t4, &config(kept)).unwrap();
+        assert_eq!(resources[0].name, "nvidia.com/gpu");
+        assert!(!resources[0].is_whole_gpus());
         let err = plan_resources(&t4, &config("sharing:\n  timeSlicing:\n    resources:\n    - {name: nvidia.com/mig-1g.10gb, replicas: 2}\n")).unwrap_err();
         assert!(err.to_string().contains("does not advertise"), "{err}");
     }
@@ -346,6 +373,7 @@ mod tests {
         };
         let milli = plan_milli_resource(&t4);
         assert_eq!(milli.name, "gantry.dev/gpu-milli");
+        assert!(!milli.is_whole_gpus());
         assert_eq!(milli.socket_name(), "gantry-gantry.dev-gpu-milli.sock");
         assert!(validate_resource_name(&milli.name).is_ok());
         assert_eq!(milli.devices.len(), 4000);

@@ -255,20 +255,40 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// # Flow
+    /// For whole GPUs (`nvidia.com/gpu`, neither replicas nor MIG devices) with a cluster configured:
+    /// the GPUs gantry-scheduler recorded on the pod waiting for this many
+    /// ([`crate::cluster::SharedAllocator::prefer_whole`]) when they are all available and hold the
+    /// must-include IDs. Otherwise, and for every other resource, the topology choice.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a negative size or IDs this resource does not advertise; never because
+    /// of the API server (unreachable, it falls back to topology after the API timeout).
     async fn get_preferred_allocation(
         &self,
         request: Request<api::PreferredAllocationRequest>,
     ) -> Result<Response<api::PreferredAllocationResponse>, Status> {
         let state = self.state();
-        let container_responses = request
-            .into_inner()
-            .container_requests
-            .iter()
-            .map(|r| {
-                self.preferred(&state, r)
-                    .map(|device_i_ds| api::ContainerPreferredAllocationResponse { device_i_ds })
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        let whole = self
+            .shared
+            .as_ref()
+            .filter(|_| state.resource.is_whole_gpus());
+        let mut container_responses = Vec::new();
+        for r in &request.into_inner().container_requests {
+            let recorded = match (whole, usize::try_from(r.allocation_size)) {
+                (Some(allocator), Ok(size)) if size > 0 => {
+                    allocator
+                        .prefer_whole(size, &r.available_device_i_ds, &r.must_include_device_i_ds)
+                        .await
+                }
+                _ => None,
+            };
+            let device_i_ds = match recorded {
+                Some(ids) => ids,
+                None => self.preferred(&state, r)?,
+            };
+            container_responses.push(api::ContainerPreferredAllocationResponse { device_i_ds });
+        }
         Ok(Response::new(api::PreferredAllocationResponse {
             container_responses,
         }))
@@ -280,6 +300,11 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
     /// `gantry.dev/gpu-milli` the IDs only count thousandths: the plugin finds the pod on its node
     /// that gantry-scheduler placed with that many ([`crate::cluster::SharedAllocator::allocate`])
     /// and hands out the GPU recorded on it instead.
+    ///
+    /// For whole GPUs (`nvidia.com/gpu`) with a cluster configured, the plugin then finds the pod the
+    /// kubelet's GPUs are for and records them on it, correcting gantry-scheduler's assignment when
+    /// the kubelet chose other GPUs ([`crate::cluster::SharedAllocator::allocate_whole`]); whatever
+    /// the API server does, the whole-GPU answer stands.
     ///
     /// # Errors
     /// `InvalidArgument` naming the first unknown, unhealthy or repeated ID; no container of the request
@@ -297,8 +322,21 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
             let answer = if resource.name == MILLI_RESOURCE {
                 self.allocate_shared(resource, &container.devices_ids).await
             } else {
-                allocate_container(resource, &container.devices_ids, &self.policy)
-                    .map_err(|err| Status::invalid_argument(format!("{}: {err}", resource.name)))
+                let answer = allocate_container(resource, &container.devices_ids, &self.policy)
+                    .map_err(|err| Status::invalid_argument(format!("{}: {err}", resource.name)));
+                if let (Ok(_), Some(allocator)) = (&answer, &self.shared) {
+                    if resource.is_whole_gpus() {
+                        // Keep gantry-scheduler's record right; never fails the allocation.
+                        let gpus: Vec<(u32, String)> = container
+                            .devices_ids
+                            .iter()
+                            .filter_map(|id| resource.device(id))
+                            .map(|d| (d.gpu_index, d.id.clone()))
+                            .collect();
+                        allocator.allocate_whole(&gpus).await;
+                    }
+                }
+                answer
             };
             match answer {
                 Ok(answer) => {

@@ -11,10 +11,13 @@ use gantry_device_plugin::handshake::{
 };
 use gantry_gpu::Health;
 use gantry_kubelet_proto::deviceplugin::v1beta1 as api;
-use gantry_scheduler::schema::{NodeGpus, LABEL_COUNT, LABEL_PRODUCT, NODE_GPUS_ANNOTATION};
+use gantry_scheduler::schema::{
+    NodeGpus, LABEL_COUNT, LABEL_PRODUCT, NODE_GPUS_ANNOTATION, POD_ASSIGNMENT_ANNOTATION,
+};
+use gantry_scheduler::GpuAssignment;
 use gantry_testkit::load_inventory;
 use serde_json::json;
-use support::{milli_ids, node_reply, pod, write_inventory, Plugin, NODE, WAIT};
+use support::{milli_ids, node_reply, pod, whole_pod, write_inventory, Plugin, NODE, WAIT};
 
 const NODE_PATH: &str = "/api/v1/nodes/gpu-node-1";
 
@@ -347,6 +350,254 @@ async fn shared_allocate_survives_an_unreachable_api_server() {
     assert_eq!(
         answer.cdi_devices[0].name,
         format!("nvidia.com/gpu={}", inventory.gpus[1].uuid)
+    );
+    plugin.stop().await;
+}
+
+/// A GetPreferredAllocation of `size` whole GPUs, all four of the node available, with the fake API
+/// server answering the pod list with `pods` (or failing with 503 for `None`).
+async fn prefer_whole(
+    plugin: &mut Plugin,
+    uuids: &[String],
+    must: &[String],
+    pods: Option<Vec<serde_json::Value>>,
+) -> Vec<String> {
+    let mut client = plugin.gpu_client().await;
+    let (available, must) = (uuids.to_vec(), must.to_vec());
+    let call = tokio::spawn(async move {
+        client
+            .get_preferred_allocation(api::PreferredAllocationRequest {
+                container_requests: vec![api::ContainerPreferredAllocationRequest {
+                    available_device_i_ds: available,
+                    must_include_device_i_ds: must,
+                    allocation_size: 2,
+                }],
+            })
+            .await
+    });
+    let list = plugin.api.expect("GET", "/api/v1/pods").await;
+    assert!(
+        list.query
+            .contains("fieldSelector=spec.nodeName%3Dgpu-node-1"),
+        "{}",
+        list.query
+    );
+    match pods {
+        Some(pods) => list.respond_list("Pod", "v1", pods),
+        None => list.respond_status(503, "ServiceUnavailable"),
+    }
+    let answer = call
+        .await
+        .unwrap()
+        .expect("GetPreferredAllocation never fails because of the API")
+        .into_inner();
+    answer.container_responses[0].device_i_ds.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_gpu_preference_follows_the_record_else_topology() {
+    // T4 x4: GPUs 0-1 share a PCIe switch (PIX), 2-3 a NUMA node, the rest is SYS. Topology
+    // prefers 0,1 for two GPUs, and 2,3 when 3 must be included.
+    let inventory = load_inventory("t4-pcie-4.yaml");
+    let uuids: Vec<String> = inventory.gpus.iter().map(|g| g.uuid.to_string()).collect();
+    let gpu = |i: usize| (u32::try_from(i).unwrap(), uuids[i].clone());
+    let mut plugin = Plugin::start(&inventory, false).await;
+    plugin.answer_node_patch().await;
+
+    let old = whole_pod("old", 10, &[gpu(1), gpu(2)]);
+    let young = whole_pod("young", 20, &[gpu(0), gpu(3)]);
+    let single = whole_pod("single", 5, &[gpu(3)]);
+
+    // The oldest pod waiting for two GPUs: its recorded 1,2, not topology's 0,1.
+    let chosen = prefer_whole(
+        &mut plugin,
+        &uuids,
+        &[],
+        Some(vec![young.clone(), old.clone(), single.clone()]),
+    )
+    .await;
+    assert_eq!(chosen, [uuids[1].clone(), uuids[2].clone()]);
+
+    // GPU 3 must be included: the young pod's record holds it.
+    let chosen = prefer_whole(
+        &mut plugin,
+        &uuids,
+        &[uuids[3].clone()],
+        Some(vec![young, old.clone(), single.clone()]),
+    )
+    .await;
+    assert_eq!(chosen, [uuids[0].clone(), uuids[3].clone()]);
+
+    // No record holds GPU 3: topology's 2,3.
+    let chosen = prefer_whole(
+        &mut plugin,
+        &uuids,
+        &[uuids[3].clone()],
+        Some(vec![old.clone(), single]),
+    )
+    .await;
+    assert_eq!(chosen, [uuids[2].clone(), uuids[3].clone()]);
+
+    // The only two-GPU pod was allocated already: topology's 0,1.
+    let mut allocated = old;
+    allocated["metadata"]["annotations"][POD_ALLOCATED_ANNOTATION] = "2026-01-01T00:01:00Z".into();
+    let chosen = prefer_whole(&mut plugin, &uuids, &[], Some(vec![allocated])).await;
+    assert_eq!(chosen, [uuids[0].clone(), uuids[1].clone()]);
+
+    // The API server fails: topology, and no error for the kubelet.
+    let chosen = prefer_whole(&mut plugin, &uuids, &[], None).await;
+    assert_eq!(chosen, [uuids[0].clone(), uuids[1].clone()]);
+    plugin.stop().await;
+}
+
+/// A whole-GPU Allocate of `ids` over the socket, in flight while the test answers the API calls.
+async fn spawn_allocate(
+    plugin: &Plugin,
+    ids: Vec<String>,
+) -> tokio::task::JoinHandle<Result<tonic::Response<api::AllocateResponse>, tonic::Status>> {
+    let mut client = plugin.gpu_client().await;
+    tokio::spawn(async move {
+        client
+            .allocate(api::AllocateRequest {
+                container_requests: vec![api::ContainerAllocateRequest { devices_ids: ids }],
+            })
+            .await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_gpu_allocate_corrects_the_record_and_marks_the_pod() {
+    let inventory = load_inventory("t4-pcie-4.yaml");
+    let uuids: Vec<String> = inventory.gpus.iter().map(|g| g.uuid.to_string()).collect();
+    let gpu = |i: usize| (u32::try_from(i).unwrap(), uuids[i].clone());
+    let mut plugin = Plugin::start(&inventory, true).await;
+    plugin.answer_node_patch().await;
+
+    // The scheduler recorded 0,1; the kubelet hands out 3,2. A shared pod runs on GPU 2.
+    let waiting = whole_pod("x", 10, &[gpu(0), gpu(1)]);
+    let mut share = pod("share", 5, &uuids[2], 250);
+    share["status"]["phase"] = "Running".into();
+    let pods = vec![share, waiting];
+    let ids = vec![uuids[3].clone(), uuids[2].clone()];
+    let call = spawn_allocate(&plugin, ids).await;
+    plugin
+        .api
+        .expect("GET", "/api/v1/pods")
+        .await
+        .respond_list("Pod", "v1", pods);
+    let patch = plugin
+        .api
+        .expect("PATCH", "/api/v1/namespaces/ml/pods/x")
+        .await;
+    assert_eq!(patch.content_type, "application/merge-patch+json");
+    let annotations = patch.body["metadata"]["annotations"].clone();
+    patch.respond(
+        200,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}),
+    );
+    let answer = call.await.unwrap().expect("allocate succeeds").into_inner();
+    let names: Vec<&str> = answer.container_responses[0]
+        .cdi_devices
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("nvidia.com/gpu={}", uuids[3]),
+            format!("nvidia.com/gpu={}", uuids[2])
+        ]
+    );
+    // The record now names the GPUs handed out, by index, whole.
+    let corrected = GpuAssignment::parse(
+        "ml/x",
+        annotations[POD_ASSIGNMENT_ANNOTATION].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(corrected.node, NODE);
+    let recorded: Vec<(u32, &str, u16)> = corrected
+        .gpus
+        .iter()
+        .map(|g| (g.index, g.uuid.as_str(), g.milli))
+        .collect();
+    assert_eq!(
+        recorded,
+        [(2, uuids[2].as_str(), 1000), (3, uuids[3].as_str(), 1000)]
+    );
+    assert_eq!(annotations[POD_ALLOCATED_CONTAINERS_ANNOTATION], "main");
+    let at = annotations[POD_ALLOCATED_ANNOTATION].as_str().unwrap();
+    assert!(
+        at.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+        "RFC 3339: {at}"
+    );
+
+    // Handed out as recorded: marked allocated, the record left alone.
+    let waiting = whole_pod("y", 20, &[gpu(0), gpu(1)]);
+    let ids = vec![uuids[0].clone(), uuids[1].clone()];
+    let call = spawn_allocate(&plugin, ids).await;
+    plugin
+        .api
+        .expect("GET", "/api/v1/pods")
+        .await
+        .respond_list("Pod", "v1", vec![waiting]);
+    let patch = plugin
+        .api
+        .expect("PATCH", "/api/v1/namespaces/ml/pods/y")
+        .await;
+    let annotations = patch.body["metadata"]["annotations"].clone();
+    patch.respond(
+        200,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "y"}}),
+    );
+    call.await.unwrap().expect("allocate succeeds");
+    assert!(
+        annotations.get(POD_ASSIGNMENT_ANNOTATION).is_none(),
+        "{annotations}"
+    );
+    assert_eq!(annotations[POD_ALLOCATED_CONTAINERS_ANNOTATION], "main");
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_gpu_allocate_survives_an_unreachable_api_server() {
+    let inventory = load_inventory("t4-pcie-4.yaml");
+    let uuids: Vec<String> = inventory.gpus.iter().map(|g| g.uuid.to_string()).collect();
+    let gpu = |i: usize| (u32::try_from(i).unwrap(), uuids[i].clone());
+    let mut plugin = Plugin::start(&inventory, false).await;
+    plugin.answer_node_patch().await;
+
+    // The pod list fails: the GPUs are handed out, nothing is patched.
+    let ids = vec![uuids[1].clone()];
+    let call = spawn_allocate(&plugin, ids).await;
+    plugin
+        .api
+        .expect("GET", "/api/v1/pods")
+        .await
+        .respond_status(503, "ServiceUnavailable");
+    let answer = call.await.unwrap().expect("allocate succeeds").into_inner();
+    assert_eq!(
+        answer.container_responses[0].cdi_devices[0].name,
+        format!("nvidia.com/gpu={}", uuids[1])
+    );
+    plugin.api.expect_no_call(Duration::from_millis(200)).await;
+
+    // The patch fails: still handed out.
+    let ids = vec![uuids[2].clone()];
+    let call = spawn_allocate(&plugin, ids).await;
+    plugin.api.expect("GET", "/api/v1/pods").await.respond_list(
+        "Pod",
+        "v1",
+        vec![whole_pod("x", 10, &[gpu(0)])],
+    );
+    plugin
+        .api
+        .expect("PATCH", "/api/v1/namespaces/ml/pods/x")
+        .await
+        .respond_status(503, "ServiceUnavailable");
+    let answer = call.await.unwrap().expect("allocate succeeds").into_inner();
+    assert_eq!(
+        answer.container_responses[0].cdi_devices[0].name,
+        format!("nvidia.com/gpu={}", uuids[2])
     );
     plugin.stop().await;
 }

@@ -94,14 +94,26 @@ impl Plugin {
     pub async fn milli_client(
         &self,
     ) -> api::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
-        let socket = self.kubelet.dir().join("gantry-gantry.dev-gpu-milli.sock");
+        self.client("gantry-gantry.dev-gpu-milli.sock").await
+    }
+
+    /// The kubelet's client of the `nvidia.com/gpu` socket.
+    pub async fn gpu_client(
+        &self,
+    ) -> api::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
+        self.client("gantry-nvidia.com-gpu.sock").await
+    }
+
+    async fn client(
+        &self,
+        name: &str,
+    ) -> api::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
+        let socket = self.kubelet.dir().join(name);
         let deadline = Instant::now() + WAIT;
         while !socket.exists() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.kubelet
-            .plugin("gantry-gantry.dev-gpu-milli.sock")
-            .await
+        self.kubelet.plugin(name).await
     }
 
     pub async fn stop(mut self) {
@@ -131,6 +143,25 @@ pub fn pod(name: &str, created: u32, uuid: &str, milli: u32) -> Value {
             "annotations": {POD_ASSIGNMENT_ANNOTATION: assignment.to_string()}},
         "spec": {"nodeName": NODE, "schedulerName": "gantry-scheduler", "containers": [
             {"name": "main", "image": "cuda", "resources": {"limits": {"gantry.dev/gpu-milli": milli.to_string()}}}]},
+        "status": {"phase": "Pending"},
+    })
+}
+
+/// A pending pod on [`NODE`] created at second `created`, one container `main` asking for
+/// `uuids.len()` of `nvidia.com/gpu`, bound by gantry-scheduler to the GPUs `(index, uuid)`.
+pub fn whole_pod(name: &str, created: u32, gpus: &[(u32, String)]) -> Value {
+    let recorded: Vec<Value> = gpus
+        .iter()
+        .map(|(index, uuid)| json!({"index": index, "uuid": uuid, "milli": 1000}))
+        .collect();
+    let assignment = json!({"version": "v1", "node": NODE, "gpus": recorded});
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"),
+            "creationTimestamp": format!("2026-01-01T00:00:{created:02}Z"),
+            "annotations": {POD_ASSIGNMENT_ANNOTATION: assignment.to_string()}},
+        "spec": {"nodeName": NODE, "schedulerName": "gantry-scheduler", "containers": [
+            {"name": "main", "image": "cuda", "resources": {"limits": {"nvidia.com/gpu": gpus.len().to_string()}}}]},
         "status": {"phase": "Pending"},
     })
 }
