@@ -23,7 +23,7 @@ use gantry_kubelet_proto::deviceplugin::v1beta1 as api;
 use gantry_scheduler::schema::{NODE_GPUS_ANNOTATION, POD_ASSIGNMENT_ANNOTATION};
 use gantry_scheduler::wire::{ExtenderArgs, ExtenderBindingArgs};
 use gantry_scheduler::{Config, Extender, GpuAssignment};
-use gantry_testkit::kube_api::InMemoryApiServer;
+use gantry_testkit::kube_api::{eventually, InMemoryApiServer};
 use gantry_testkit::{load_inventory, FakeKubelet};
 use serde_json::{json, Value};
 
@@ -32,16 +32,6 @@ const NODES: &str = "/api/v1/nodes";
 const PODS: &str = "/api/v1/namespaces/ml/pods";
 const MILLI_SOCKET: &str = "gantry-gantry.dev-gpu-milli.sock";
 const GPU_SOCKET: &str = "gantry-nvidia.com-gpu.sock";
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn pending_pod(name: &str, milli: u32) -> Value {
     json!({
