@@ -6,7 +6,7 @@ mod server;
 
 pub use cache::{Cache, Readiness, POD_FIELD_SELECTOR};
 pub use kube_binder::KubeBinder;
-pub use server::{router, serve, Binder, Clock, ServerConfig, SystemClock};
+pub use server::{health_router, router, serve, Binder, Clock, ServerConfig, SystemClock};
 
 /// Errors of the extender's shell.
 #[derive(Debug, thiserror::Error)]

@@ -68,12 +68,7 @@ struct App<B, C> {
 impl<B, C> App<B, C> {
     /// Why the extender cannot decide yet (its cache has not listed the cluster), if so.
     fn not_ready(&self) -> Option<String> {
-        (!self.readiness.is_ready()).then(|| {
-            format!(
-                "the extender's cache is not ready: waiting for {}",
-                self.readiness.waiting_for()
-            )
-        })
+        not_ready(&self.readiness)
     }
 }
 
@@ -129,11 +124,37 @@ fn bad_request<T: serde::Serialize>(body: T) -> Response {
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
-async fn readyz<B: Binder, C: Clock>(State(app): State<Arc<App<B, C>>>) -> Response {
-    match app.not_ready() {
+/// Why the extender cannot decide yet (its cache has not listed the cluster), if so.
+fn not_ready(readiness: &Readiness) -> Option<String> {
+    (!readiness.is_ready()).then(|| {
+        format!(
+            "the extender's cache is not ready: waiting for {}",
+            readiness.waiting_for()
+        )
+    })
+}
+
+fn readyz_response(readiness: &Readiness) -> Response {
+    match not_ready(readiness) {
         None => "ok".into_response(),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
+}
+
+async fn readyz<B: Binder, C: Clock>(State(app): State<Arc<App<B, C>>>) -> Response {
+    readyz_response(&app.readiness)
+}
+
+/// Only `GET /healthz` and `GET /readyz`, as in [`router`], for the kubelet's probes on an address
+/// of their own: the extender itself listens on localhost, where only kube-scheduler (in the same
+/// pod) reaches it, and probes come from the node to the pod's IP.
+pub fn health_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || std::future::ready(readyz_response(&readiness))),
+        )
 }
 
 async fn filter<B: Binder, C: Clock>(

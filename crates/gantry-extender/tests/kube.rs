@@ -272,6 +272,35 @@ fn until_the_cache_is_ready_the_verbs_refuse_and_readyz_says_why() {
     assert!(s.api.bindings.lock().unwrap().is_empty());
 }
 
+#[tokio::test]
+async fn the_probe_listener_serves_health_and_readiness_only() {
+    let ext = Arc::new(Extender::new(Config::default()).unwrap());
+    let cache = Cache::new(ext);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = gantry_extender::health_router(cache.readiness());
+    tokio::spawn(gantry_extender::serve(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    // The blocking test client, off the runtime's threads.
+    let get = move |path: &'static str| tokio::task::spawn_blocking(move || get(addr, path));
+
+    assert_eq!(get("/healthz").await.unwrap(), (200, "ok".into()));
+    let (code, body) = get("/readyz").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("initial list of nodes and pods"), "{body}");
+    // The verbs are not served there.
+    assert_eq!(get("/filter").await.unwrap().0, 404);
+
+    cache.apply_node(Event::Init);
+    cache.apply_node(Event::InitDone);
+    cache.apply_pod(Event::Init);
+    cache.apply_pod(Event::InitDone);
+    assert_eq!(get("/readyz").await.unwrap(), (200, "ok".into()));
+}
+
 // --- The cache, event by event ---
 
 fn node(name: &str, fixture: &str) -> Node {

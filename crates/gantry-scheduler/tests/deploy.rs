@@ -74,6 +74,31 @@ fn scheduler_configuration_has_the_extender_stanza() {
         ext["urlPrefix"].as_str().unwrap(),
         format!("http://{listen}")
     );
+
+    // The kubelet's probes reach the probe listener on the pod's IP.
+    let env = |name: &str| {
+        extender["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    };
+    let health = env("GANTRY_SCHEDULER_HEALTH_LISTEN").expect("a probe listener");
+    assert!(health.starts_with("0.0.0.0:"), "{health}");
+    let port: u64 = health.rsplit(':').next().unwrap().parse().unwrap();
+    let probe_port = extender["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "probes")
+        .unwrap()["containerPort"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(probe_port, port);
+    assert_eq!(extender["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(extender["readinessProbe"]["httpGet"]["port"], "probes");
+    assert_eq!(extender["livenessProbe"]["httpGet"]["path"], "/healthz");
 }
 
 #[test]

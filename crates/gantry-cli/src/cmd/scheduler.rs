@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gantry_extender::{router, serve, Cache, KubeBinder, ServerConfig, SystemClock};
+use gantry_extender::{health_router, router, serve, Cache, KubeBinder, ServerConfig, SystemClock};
 use gantry_placement::{Policy, TargetWorkload};
 use gantry_scheduler::{default_workload, Config, Extender};
 
@@ -22,6 +22,11 @@ pub struct Args {
     /// Address to serve the extender on (kube-scheduler's `urlPrefix` points here).
     #[arg(long, env = "GANTRY_SCHEDULER_LISTEN", default_value = "0.0.0.0:8888")]
     pub listen: SocketAddr,
+
+    /// Also serve only `/healthz` and `/readyz` here, for the kubelet's probes when `--listen` is
+    /// a localhost address (as in deploy/scheduler/, where only kube-scheduler calls the verbs).
+    #[arg(long, env = "GANTRY_SCHEDULER_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 
     /// Node scoring policy: random, dot-product, gpu-clustering, gpu-packing, best-fit, fgd,
     /// frag-cpu (Gantry's best in the simulator).
@@ -65,9 +70,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+        let client = kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API: run it in the cluster (deploy/scheduler/) \
+                 or point KUBECONFIG at a kubeconfig",
+        )?;
         let cache = Arc::new(Cache::new(extender.clone()));
         let readiness = cache.readiness();
         let watch_client = client.clone();
@@ -76,6 +82,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
+        if let Some(addr) = args.health_listen {
+            let health = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for probes on {addr}"))?;
+            let app = health_router(readiness.clone());
+            tracing::info!(listen = %addr, "serving /healthz and /readyz for probes");
+            tokio::spawn(async move {
+                if let Err(e) = serve(health, app, std::future::pending()).await {
+                    tracing::error!(error = %e, "the probe listener stopped");
+                }
+            });
+        }
         tracing::info!(listen = %args.listen, %policy, "gantry scheduler extender serving");
         let app = router(
             extender,
