@@ -171,22 +171,22 @@ pub(crate) async fn keep_published(
 /// The API side of the bind-to-Allocate handshake: lists the pods on the node, chooses with
 /// [`choose`] (shares) or [`prefer_whole`] and [`allocate_whole`] (whole GPUs), and records the
 /// allocation on the pod and in memory. Point it at any client.
-pub struct SharedAllocator {
+pub struct PodAllocator {
     client: kube::Client,
     node: String,
     api_timeout: Duration,
     served: Mutex<Served>,
 }
 
-impl std::fmt::Debug for SharedAllocator {
+impl std::fmt::Debug for PodAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedAllocator")
+        f.debug_struct("PodAllocator")
             .field("node", &self.node)
             .finish_non_exhaustive()
     }
 }
 
-impl SharedAllocator {
+impl PodAllocator {
     pub fn new(client: kube::Client, node: impl Into<String>, api_timeout: Duration) -> Self {
         Self {
             client,
@@ -361,7 +361,7 @@ fn forget_gone(served: &mut Served, pods: &[Pod]) {
 }
 
 /// Shared between the daemon's tasks.
-pub(crate) type Allocator = Arc<SharedAllocator>;
+pub(crate) type Allocator = Arc<PodAllocator>;
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::allocate::AllocatePolicy;
-use crate::cluster::{keep_published, Allocator, ClusterOptions, SharedAllocator};
+use crate::cluster::{keep_published, Allocator, ClusterOptions, PodAllocator};
 use crate::config::PluginConfig;
 use crate::health::HealthTracker;
 use crate::metrics::Metrics;
@@ -466,7 +466,7 @@ pub async fn start(options: PluginOptions) -> Result<Running> {
     }
     // Shared GPUs and the whole-GPU record both need the node's pods.
     let allocator = options.cluster.as_ref().map(|c| {
-        Arc::new(SharedAllocator::new(
+        Arc::new(PodAllocator::new(
             c.client.clone(),
             c.node.clone(),
             c.api_timeout,

@@ -12,7 +12,7 @@ mod server;
 
 use std::path::PathBuf;
 
-pub use cluster::{ClusterOptions, SharedAllocator};
+pub use cluster::{ClusterOptions, PodAllocator};
 pub use daemon::{start, CdiWriter, PluginOptions, Running};
 pub use metrics::Metrics;
 

@@ -258,7 +258,7 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
     /// # Flow
     /// For whole GPUs (`nvidia.com/gpu`, neither replicas nor MIG devices) with a cluster configured:
     /// the GPUs gantry-scheduler recorded on the pod waiting for this many
-    /// ([`crate::cluster::SharedAllocator::prefer_whole`]) when they are all available and hold the
+    /// ([`crate::cluster::PodAllocator::prefer_whole`]) when they are all available and hold the
     /// must-include IDs. Otherwise, and for every other resource, the topology choice.
     ///
     /// # Errors
@@ -298,12 +298,12 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
     /// Each container's IDs are checked against the current device list, then turned into CDI names,
     /// annotations, environment and mounts as the device list strategies say. For
     /// `gantry.dev/gpu-milli` the IDs only count thousandths: the plugin finds the pod on its node
-    /// that gantry-scheduler placed with that many ([`crate::cluster::SharedAllocator::allocate`])
+    /// that gantry-scheduler placed with that many ([`crate::cluster::PodAllocator::allocate`])
     /// and hands out the GPU recorded on it instead.
     ///
     /// For whole GPUs (`nvidia.com/gpu`) with a cluster configured, the plugin then finds the pod the
     /// kubelet's GPUs are for and records them on it, correcting gantry-scheduler's assignment when
-    /// the kubelet chose other GPUs ([`crate::cluster::SharedAllocator::allocate_whole`]); whatever
+    /// the kubelet chose other GPUs ([`crate::cluster::PodAllocator::allocate_whole`]); whatever
     /// the API server does, the whole-GPU answer stands.
     ///
     /// # Errors
