@@ -75,6 +75,18 @@ fn pod_json(i: usize, p: &PodSpec) -> serde_json::Value {
     })
 }
 
+/// This process's resident memory in MiB (`VmRSS`), 0 where /proc is not there.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     #[allow(
         clippy::cast_possible_truncation,
@@ -109,6 +121,7 @@ fn main() {
     let mut parts = Vec::new();
     for size in sizes {
         eprintln!("filling {size} nodes to 60 % of their GPUs");
+        let rss_before = rss_mib();
         let ext = Extender::new(Config {
             workload: Some(workload.clone()),
             ..Config::default()
@@ -168,6 +181,7 @@ fn main() {
             allocated += got;
         }
         // Measure.
+        let state_mib = rss_mib() - rss_before;
         eprintln!("measuring {samples} pods on {size} nodes");
         let mut times = Vec::with_capacity(samples);
         let mut json_times = Vec::with_capacity(samples);
@@ -212,7 +226,7 @@ fn main() {
         prioritize_times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         parts.push(format!(
-            "| {size} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| {size} | {:.2} ms | {:.2} ms | {:.2} ms | {state_mib:.0} MiB |",
             ms(percentile(&json_times, 0.5)),
             ms(percentile(&filter_times, 0.5)),
             ms(percentile(&prioritize_times, 0.5)),
@@ -226,8 +240,10 @@ fn main() {
         );
     }
     println!();
-    println!("| nodes | JSON decode+encode p50 | filter p50 | prioritize p50 |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| nodes | JSON decode+encode p50 | filter p50 | prioritize p50 | state (RSS growth) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
     for line in parts {
         println!("{line}");
     }
