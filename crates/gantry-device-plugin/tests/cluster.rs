@@ -185,14 +185,8 @@ async fn allocate_shared(
     ids: Vec<String>,
     pods: Vec<serde_json::Value>,
 ) -> (api::ContainerAllocateResponse, String, serde_json::Value) {
-    let mut client = plugin.milli_client().await;
-    let call = tokio::spawn(async move {
-        client
-            .allocate(api::AllocateRequest {
-                container_requests: vec![api::ContainerAllocateRequest { devices_ids: ids }],
-            })
-            .await
-    });
+    let client = plugin.milli_client().await;
+    let call = spawn_allocate(client, ids);
     let list = plugin.api.expect("GET", "/api/v1/pods").await;
     assert!(
         list.query
@@ -259,15 +253,9 @@ async fn shared_allocate_hands_out_the_recorded_gpu() {
     assert_eq!(path, "/api/v1/namespaces/ml/pods/newer");
 
     // No third 250 pod: a clear error, no patch, and the plugin keeps serving.
-    let mut client = plugin.milli_client().await;
+    let client = plugin.milli_client().await;
     let ids = milli_ids(&inventory, 0, 250..500);
-    let call = tokio::spawn(async move {
-        client
-            .allocate(api::AllocateRequest {
-                container_requests: vec![api::ContainerAllocateRequest { devices_ids: ids }],
-            })
-            .await
-    });
+    let call = spawn_allocate(client, ids);
     plugin
         .api
         .expect("GET", "/api/v1/pods")
@@ -309,15 +297,9 @@ async fn shared_allocate_survives_an_unreachable_api_server() {
     let inventory = load_inventory("t4-pcie-4.yaml");
     let mut plugin = Plugin::start(&inventory, true).await;
     plugin.answer_node_patch().await;
-    let mut client = plugin.milli_client().await;
+    let client = plugin.milli_client().await;
     let ids = milli_ids(&inventory, 0, 0..100);
-    let call = tokio::spawn(async move {
-        client
-            .allocate(api::AllocateRequest {
-                container_requests: vec![api::ContainerAllocateRequest { devices_ids: ids }],
-            })
-            .await
-    });
+    let call = spawn_allocate(client, ids);
     plugin
         .api
         .expect("GET", "/api/v1/pods")
@@ -450,12 +432,12 @@ async fn whole_gpu_preference_follows_the_record_else_topology() {
     plugin.stop().await;
 }
 
-/// A whole-GPU Allocate of `ids` over the socket, in flight while the test answers the API calls.
-async fn spawn_allocate(
-    plugin: &Plugin,
+/// An Allocate of `ids` (one container) on `client`'s socket, in flight while the test answers
+/// the API calls.
+fn spawn_allocate(
+    mut client: api::device_plugin_client::DevicePluginClient<tonic::transport::Channel>,
     ids: Vec<String>,
 ) -> tokio::task::JoinHandle<Result<tonic::Response<api::AllocateResponse>, tonic::Status>> {
-    let mut client = plugin.gpu_client().await;
     tokio::spawn(async move {
         client
             .allocate(api::AllocateRequest {
@@ -479,7 +461,7 @@ async fn whole_gpu_allocate_corrects_the_record_and_marks_the_pod() {
     share["status"]["phase"] = "Running".into();
     let pods = vec![share, waiting];
     let ids = vec![uuids[3].clone(), uuids[2].clone()];
-    let call = spawn_allocate(&plugin, ids).await;
+    let call = spawn_allocate(plugin.gpu_client().await, ids);
     plugin
         .api
         .expect("GET", "/api/v1/pods")
@@ -534,7 +516,7 @@ async fn whole_gpu_allocate_corrects_the_record_and_marks_the_pod() {
     // Handed out as recorded: marked allocated, the record left alone.
     let waiting = whole_pod("y", 20, &[gpu(0), gpu(1)]);
     let ids = vec![uuids[0].clone(), uuids[1].clone()];
-    let call = spawn_allocate(&plugin, ids).await;
+    let call = spawn_allocate(plugin.gpu_client().await, ids);
     plugin
         .api
         .expect("GET", "/api/v1/pods")
@@ -568,7 +550,7 @@ async fn whole_gpu_allocate_survives_an_unreachable_api_server() {
 
     // The pod list fails: the GPUs are handed out, nothing is patched.
     let ids = vec![uuids[1].clone()];
-    let call = spawn_allocate(&plugin, ids).await;
+    let call = spawn_allocate(plugin.gpu_client().await, ids);
     plugin
         .api
         .expect("GET", "/api/v1/pods")
@@ -583,7 +565,7 @@ async fn whole_gpu_allocate_survives_an_unreachable_api_server() {
 
     // The patch fails: still handed out.
     let ids = vec![uuids[2].clone()];
-    let call = spawn_allocate(&plugin, ids).await;
+    let call = spawn_allocate(plugin.gpu_client().await, ids);
     plugin.api.expect("GET", "/api/v1/pods").await.respond_list(
         "Pod",
         "v1",
