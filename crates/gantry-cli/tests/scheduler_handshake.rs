@@ -33,28 +33,25 @@ const PODS: &str = "/api/v1/namespaces/ml/pods";
 const MILLI_SOCKET: &str = "gantry-gantry.dev-gpu-milli.sock";
 const GPU_SOCKET: &str = "gantry-nvidia.com-gpu.sock";
 
-fn pending_pod(name: &str, milli: u32) -> Value {
+/// A pending pod for gantry-scheduler whose one container asks for `amount` of `resource`.
+fn pending(name: &str, resource: &str, amount: u32) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}")},
         "spec": {"schedulerName": "gantry-scheduler", "containers": [{
             "name": "main", "image": "cuda",
             "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
-                          "limits": {"gantry.dev/gpu-milli": milli.to_string()}}}]},
+                          "limits": {resource: amount.to_string()}}}]},
         "status": {"phase": "Pending"}
     })
 }
 
+fn pending_pod(name: &str, milli: u32) -> Value {
+    pending(name, "gantry.dev/gpu-milli", milli)
+}
+
 fn pending_whole_pod(name: &str, gpus: u32) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}")},
-        "spec": {"schedulerName": "gantry-scheduler", "containers": [{
-            "name": "main", "image": "cuda",
-            "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
-                          "limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
-        "status": {"phase": "Pending"}
-    })
+    pending(name, "nvidia.com/gpu", gpus)
 }
 
 /// kube-scheduler's three calls for `pod` with node names only; returns the recorded assignment.
