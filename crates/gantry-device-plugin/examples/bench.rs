@@ -68,11 +68,14 @@ fn sixteen_gpus(dir: &Path) -> PathBuf {
     path
 }
 
-async fn measure(label: &str, inventory: PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = FakeKubelet::start(dir.path()).await;
-    let running = start(PluginOptions {
-        plugin_dir: dir.path().to_owned(),
+/// The plugin as both measurements run it: the inventory backend, CDI answers, no re-probing.
+fn options(
+    plugin_dir: &std::path::Path,
+    inventory: PathBuf,
+    cluster: Option<ClusterOptions>,
+) -> PluginOptions {
+    PluginOptions {
+        plugin_dir: plugin_dir.to_owned(),
         discovery: DiscoveryConfig {
             backend: BackendChoice::Only(BackendKind::Inventory),
             root: "/".into(),
@@ -90,10 +93,14 @@ async fn measure(label: &str, inventory: PathBuf) {
         kubelet_poll: Duration::from_millis(100),
         metrics_addr: None,
         cdi: None,
-        cluster: None,
-    })
-    .await
-    .unwrap();
+        cluster,
+    }
+}
+
+async fn measure(label: &str, inventory: PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = FakeKubelet::start(dir.path()).await;
+    let running = start(options(dir.path(), inventory, None)).await.unwrap();
     let endpoint = kubelet
         .next_registration(Duration::from_secs(10))
         .await
@@ -243,29 +250,9 @@ async fn measure_milli(label: &str, inventory: PathBuf) {
     });
     let mut cluster = ClusterOptions::new(client, "bench-node");
     cluster.api_timeout = Duration::from_secs(10);
-    let running = start(PluginOptions {
-        plugin_dir: dir.path().to_owned(),
-        discovery: DiscoveryConfig {
-            backend: BackendChoice::Only(BackendKind::Inventory),
-            root: "/".into(),
-            inventory: Some(inventory),
-            nvml_lib: None,
-        },
-        config: PluginConfig::default(),
-        policy: AllocatePolicy {
-            strategies: parse_strategies("cdi-cri,cdi-annotations").unwrap(),
-            pass_device_specs: true,
-            cdi_kind: "nvidia.com/gpu".into(),
-        },
-        health_interval: Duration::from_secs(3600),
-        recovery_hold: Duration::from_secs(60),
-        kubelet_poll: Duration::from_millis(100),
-        metrics_addr: None,
-        cdi: None,
-        cluster: Some(cluster),
-    })
-    .await
-    .unwrap();
+    let running = start(options(dir.path(), inventory, Some(cluster)))
+        .await
+        .unwrap();
     for _ in 0..2 {
         kubelet
             .next_registration(Duration::from_secs(10))
